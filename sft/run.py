@@ -1,0 +1,49 @@
+"""``python -m sft.run``: the Hydra edge. Composes the config and calls :func:`sft.train.train`.
+
+No torch / lightning import at module level: ``--help`` and ``--cfg job`` stay fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from sft.errors import SftError
+
+
+def config_dir() -> str:
+    """conf/ ships inside the installed package (sft/conf); in a source checkout it is ../conf."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"sft's config folder was not found next to {here}; reinstall the package.")
+
+
+CONFIG_DIR = config_dir()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from sft.train import train
+
+    try:
+        metrics = train(cfg)
+    except SftError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweeper records the failed job and goes on
+        logging.getLogger("sft").error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

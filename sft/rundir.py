@@ -1,0 +1,65 @@
+"""The run folder is the unit of record: config, argv, git revision, metrics, checkpoints, export/."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def git_revision(path: Path = PACKAGE_DIR) -> dict[str, Any]:
+    """Commit and dirty flag of the sft source tree (None when not installed from a git checkout)."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("sft", "torch", "lightning", "transformers", "torchmetrics", "hydra-core"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_run_info(output_dir: Path, cfg: DictConfig) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    info = {
+        "argv": sys.argv,
+        "cwd": str(Path.cwd()),
+        "git": git_revision(),
+        "versions": versions(),
+        "host": platform.node(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    # Appended, not overwritten: a resumed run keeps the record of every start.
+    runs_file = output_dir / "run.json"
+    history = json.loads(runs_file.read_text())["starts"] if runs_file.is_file() else []
+    history.append(info)
+    runs_file.write_text(json.dumps({**info, "starts": history}, indent=2))
+
+
+def write_metrics(output_dir: Path, metrics: dict[str, float]) -> Path:
+    path = output_dir / "metrics.json"
+    path.write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
+    return path

@@ -1,0 +1,165 @@
+"""``train(cfg)``: the whole fine-tuning job for one composed config. Called by ``sft.run`` and by tests.
+
+Order: check the config -> data (label space) -> model -> trainer -> fit (resuming if asked) ->
+validate + test the best checkpoint -> metrics.json -> export/.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sft.checks import check_config
+from sft.errors import ConfigError, SftError
+
+log = logging.getLogger("sft")
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but our own errors (and missing optional packages) surface unwrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, SftError):
+            raise cause from None
+        if isinstance(cause, ModuleNotFoundError | ImportError):
+            target = node.get("_target_") if isinstance(node, DictConfig) else node
+            raise ConfigError(
+                f"{target} needs a package that is not installed ({cause}). Install it, e.g. "
+                "`pip install 'sft[wandb]'` / `'sft[mlflow]'` / `tensorboard`."
+            ) from None
+        raise
+
+
+def cpu_supports_bf16() -> bool:
+    """AMX or AVX512-BF16: bf16 matmuls run several times faster than fp32 (measured ~6x with AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def auto_precision(accelerator: str | None) -> str:
+    import torch
+
+    if accelerator in (None, "auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if accelerator in (None, "auto", "cpu") and cpu_supports_bf16():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={str(path)!r} does not exist. Give an existing .ckpt file, or drop ckpt_path.")
+        return str(path)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if cfg.get("resume", "auto") in ("auto", True) and last.is_file():
+        return str(last)
+    if cfg.get("resume") is True:
+        raise ConfigError(
+            f"resume=true but there is no checkpoint to resume from ({last} does not exist). Point "
+            "hydra.run.dir (or output_dir) at the interrupted run's folder, or use resume=auto / false."
+        )
+    return None
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [build(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fine-tune, evaluate and export as ``cfg`` says; returns the flat metrics written to metrics.json."""
+    check_config(cfg)
+    output_dir = Path(cfg.output_dir).expanduser().resolve()
+
+    import lightning as L
+    import torch
+
+    from sft.export import export_text_model
+    from sft.models.backbones import resolve_name_or_path
+    from sft.rundir import write_metrics, write_run_info
+
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = resume_checkpoint(cfg, output_dir)
+
+    name_or_path = resolve_name_or_path(cfg.model.get("name_or_path"))
+    datamodule = build(cfg.data, tokenizer=name_or_path, seed=cfg.seed)
+    datamodule.prepare_data()  # reads, validates and tokenizes (cached) before the model loads
+    log.info("Data: %s labels %s, train/val/test = %s", type(datamodule.source).__name__, datamodule.label_names,
+             "/".join(str(len(datamodule.splits.split(s))) for s in ("train", "val", "test")))
+
+    scheduler = build(cfg.scheduler) if cfg.get("scheduler") else None
+    model = build(cfg.model, _partial_=True)(
+        name_or_path=name_or_path,
+        num_labels=len(datamodule.label_names),
+        id2label=datamodule.id2label,
+        optimizer=build(cfg.optimizer),
+        scheduler=scheduler,
+        freeze=cfg.freeze.strategy,
+        monitor=cfg.optimized_metric,
+    )
+
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    precision = cfg.trainer.get("precision") or auto_precision(cfg.trainer.get("accelerator"))
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
+                    default_root_dir=str(output_dir))
+    if trainer.is_global_zero:
+        write_run_info(output_dir, cfg)
+    if ckpt_path:
+        log.info("Resuming from %s", ckpt_path)
+
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - started
+
+    best = _best_checkpoint(callbacks)
+    if best:
+        log.info("Best checkpoint: %s", best)
+    metrics: dict[str, float] = {}
+    metrics.update(_floats(trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]))
+    if cfg.get("test", True):
+        metrics.update(_floats(trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]))
+    metrics.update({"fit/seconds": fit_seconds, "fit/epochs": float(trainer.current_epoch),
+                    "fit/global_step": float(trainer.global_step), "fit/precision": 16.0 if "16" in str(precision) else 32.0})
+
+    if trainer.is_global_zero:
+        path = write_metrics(output_dir, metrics)
+        if cfg.get("export", True):
+            if best:
+                model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+            export_text_model(model, datamodule.tokenizer, output_dir / "export")
+        summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val/acc", "test/acc", "test/f1") if k in metrics)
+        log.info("Done: %s. Results in %s (metrics: %s)", summary, output_dir, path.name)
+    return metrics
+
+
+def _best_checkpoint(callbacks: list[Any]) -> str | None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path:
+            return cb.best_model_path
+    return None
+
+

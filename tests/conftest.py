@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny BERT saved to disk (so from_pretrained really runs), Hydra compose helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+SST2_DIR = SHARED_DATA / "sst2"
+
+# Fast, quiet defaults for every in-process run.
+FAST = [
+    "trainer.max_epochs=1",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+    "callbacks.progress_bar=null",
+    "torch_threads=2",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Tokenization cache in a temp folder: tests never read or pollute ~/.cache/sft.
+    os.environ["SFT_CACHE"] = str(tmp_path_factory.mktemp("sft_cache"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    from sft.models.backbones import packaged_minilm_path
+
+    return packaged_minilm_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
+    """A 2-layer, 32-wide BERT with MiniLM's real WordPiece tokenizer, saved with save_pretrained."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="package")
+def compose_cfg():
+    """compose(overrides) -> DictConfig, through the real Hydra config search path of sft.run."""
+    from hydra import compose, initialize_config_dir
+
+    from sft.run import CONFIG_DIR
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+
+    return _compose
+
+
+@pytest.fixture
+def tiny_cfg(compose_cfg, tiny_bert: str, tmp_path: Path):
+    """A fast config on the tiny BERT and the packaged sample, writing into tmp_path."""
+
+    def _cfg(*overrides: str):
+        return compose_cfg(f"model.name_or_path={tiny_bert}", f"output_dir={tmp_path / 'run'}", *FAST,
+                           "optimizer.lr=1e-3", *overrides)
+
+    return _cfg
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def needs_sst2() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not (SST2_DIR / "train.tsv").is_file(),
+                              reason=f"real SST-2 not found at {SST2_DIR} (the ../shared/data folder is absent)")

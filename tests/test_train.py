@@ -1,0 +1,136 @@
+"""End-to-end in-process runs on a tiny BERT saved to disk: run folder, metrics, export, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sft.train import train
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_bert, compose_cfg):
+    """One full default-shaped run (2 epochs) on the tiny BERT; its folder is inspected by many tests."""
+    from tests.conftest import FAST
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    cfg = compose_cfg(f"model.name_or_path={tiny_bert}", f"output_dir={out}", *FAST, "trainer.max_epochs=2",
+                      "optimizer.lr=1e-3", "callbacks.last_checkpoint.every_n_train_steps=7")
+    metrics = train(cfg)
+    return out, metrics
+
+
+def test_run_folder_holds_the_record(finished_run):
+    out, metrics = finished_run
+    for name in ("config.yaml", "run.json", "metrics.json", "checkpoints/last.ckpt", "export/config.json",
+                 "export/model.safetensors", "export/tokenizer.json", "export/labels.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "checkpoints").glob("best-*.ckpt")), "best checkpoint missing"
+    run = json.loads((out / "run.json").read_text())
+    assert run["argv"] and "commit" in run["git"] and run["versions"]["torch"]
+    saved = (out / "config.yaml").read_text()
+    assert "${" not in saved, "the saved config must be resolved"
+    assert "name_or_path" in saved
+
+
+def test_metrics_json_is_flat_and_complete(finished_run):
+    out, metrics = finished_run
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == pytest.approx(metrics)
+    for stage in ("val", "test"):
+        for name in ("acc", "precision", "recall", "f1", "loss"):
+            key = f"{stage}/{name}"
+            assert key in on_disk, key
+            if name != "loss":
+                assert 0.0 <= on_disk[key] <= 1.0
+    assert on_disk["fit/epochs"] == 2 and on_disk["fit/global_step"] == 2 * 15  # 480 rows / 32
+
+
+def test_debug_overfit_memorises_a_few_batches(tiny_cfg, tmp_path):
+    # A model that cannot memorise 2 batches has a bug (labels misaligned, no gradient, frozen by mistake).
+    import csv
+
+    train(tiny_cfg("debug=overfit", "trainer.overfit_batches=2", "trainer.max_epochs=25", "optimizer.lr=3e-3",
+                   "export=false", "test=false"))
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "metrics.csv").open()))
+    losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    assert losses[0] > 0.6 and losses[-1] < 0.1, losses
+
+
+def test_export_loads_in_transformers_pipeline(finished_run):
+    from transformers import pipeline
+
+    out, _ = finished_run
+    labels = json.loads((out / "export" / "labels.json").read_text())["label_names"]
+    assert labels == ["negative", "positive"]
+    classify = pipeline("text-classification", model=str(out / "export"), device="cpu")
+    texts = ["a wonderful, moving film", "dull and far too long", "the staff were rude"]
+    preds = classify(texts)
+    assert len(preds) == 3 and all(p["label"] in labels for p in preds)
+    # The pipeline's probabilities equal sft's own predictions for the exported weights.
+    from sft.inference import load_model, predict_proba
+
+    model, tokenizer = load_model(out / "export")
+    probs = predict_proba(model, tokenizer, texts)
+    for p, row in zip(preds, probs.tolist(), strict=True):
+        assert p["score"] == pytest.approx(max(row), abs=1e-5)
+
+
+def test_same_seed_same_metrics(tiny_cfg, tmp_path):
+    a = train(tiny_cfg("seed=7", f"output_dir={tmp_path / 'a'}", "export=false"))
+    b = train(tiny_cfg("seed=7", f"output_dir={tmp_path / 'b'}", "export=false"))
+    c = train(tiny_cfg("seed=8", f"output_dir={tmp_path / 'c'}", "export=false"))
+    for key in ("val/acc", "val/loss", "test/acc", "test/loss"):
+        assert a[key] == b[key], key
+    assert a["val/loss"] != c["val/loss"], "a different seed should change the run"
+
+
+@pytest.mark.parametrize("scheduler", ["constant", "linear", "cosine", "step", "plateau"])
+def test_every_scheduler_trains(tiny_cfg, scheduler, tmp_path):
+    metrics = train(tiny_cfg(f"scheduler={scheduler}", "trainer.max_epochs=2", "data.train_size=64", "export=false",
+                             "trainer.log_every_n_steps=1"))
+    assert metrics["fit/epochs"] == 2
+    lr_log = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
+    header = lr_log[0].split(",")
+    lr_cols = [i for i, h in enumerate(header) if h.startswith("lr-")]
+    assert lr_cols, f"learning rate not logged: {header}"
+    lrs = [float(r.split(",")[lr_cols[0]]) for r in lr_log[1:] if r.split(",")[lr_cols[0]]]
+    if scheduler == "constant":
+        assert len(set(lrs)) == 1
+    elif scheduler in ("linear", "cosine"):
+        assert max(lrs) == pytest.approx(1e-3, rel=0.3) and lrs[-1] < max(lrs)
+    elif scheduler == "step":
+        assert lrs[-1] == pytest.approx(lrs[0] * 0.5)
+
+
+def test_frozen_backbone_trains_only_the_head(tiny_cfg, tiny_bert):
+    import torch
+    from transformers import AutoModel
+
+    cfg = tiny_cfg("freeze=backbone", "export=false", "data.train_size=64")
+    metrics = train(cfg)
+    ckpt = sorted((Path(cfg.output_dir) / "checkpoints").glob("best-*.ckpt"))[0]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    pretrained = AutoModel.from_pretrained(tiny_bert).state_dict()
+    for name, tensor in pretrained.items():
+        key = f"model.bert.{name}"
+        assert torch.equal(state[key], tensor), f"frozen parameter changed: {key}"
+    assert metrics["fit/global_step"] > 0
+
+
+def test_full_batch_gradient_descent(tiny_cfg):
+    metrics = train(tiny_cfg("data.batch_size=full", "data.train_size=64", "trainer.max_epochs=2", "export=false"))
+    assert metrics["fit/global_step"] == 2  # one step per epoch
+
+
+def test_text_file_data_end_to_end(tiny_cfg, tmp_path):
+    rows = [("great stuff", "pos"), ("awful mess", "neg"), ("loved every minute", "pos"), ("boring and slow", "neg"),
+            ("not bad at all", "pos"), ("a total waste", "neg")] * 8
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\n" + "".join(f'"{t}",{lab}\n' for t, lab in rows))
+    metrics = train(tiny_cfg("data=text_file", f"data.train={path}", "data.val_size=0.25", "data.test_size=0.25"))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    labels = json.loads((tmp_path / "run" / "export" / "labels.json").read_text())["label_names"]
+    assert labels == ["neg", "pos"]

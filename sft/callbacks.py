@@ -23,9 +23,12 @@ class LastCheckpoint(L.Callback):
         self.path = Path(dirpath) / filename
         self.every_n_train_steps = every_n_train_steps
         self._saved_at_step = -1
+        self._fit_finished = False
 
-    def _save(self, trainer: L.Trainer) -> None:
-        if trainer.sanity_checking or trainer.fast_dev_run or trainer.global_step == self._saved_at_step:
+    def _save(self, trainer: L.Trainer, force: bool = False) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        if trainer.global_step == self._saved_at_step and not force:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         if trainer.is_global_zero:
@@ -44,4 +47,13 @@ class LastCheckpoint(L.Callback):
             self._save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save(trainer)
+        # Marked finished: resuming such a run skips fit (Lightning cannot restart a completed fit
+        # cleanly: EarlyStopping finds no metric) and goes on to validate / test / export.
+        self._fit_finished = True
+        self._save(trainer, force=True)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint[FIT_FINISHED_KEY] = self._fit_finished
+
+
+FIT_FINISHED_KEY = "sft_fit_finished"

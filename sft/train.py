@@ -129,37 +129,61 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
 
+    finished = _finished_checkpoint(ckpt_path)
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    if finished is None:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        epochs, steps = trainer.current_epoch, trainer.global_step
+    else:
+        log.info("The run in %s had finished training; evaluating its best checkpoint.", output_dir)
+        epochs, steps = finished["epoch"] + 1, finished["global_step"]
     fit_seconds = time.perf_counter() - started
 
-    best = _best_checkpoint(callbacks)
+    best = _best_checkpoint(callbacks, finished)
     if best:
         log.info("Best checkpoint: %s", best)
     metrics: dict[str, float] = {}
     metrics.update(_floats(trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]))
     if cfg.get("test", True):
         metrics.update(_floats(trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]))
-    metrics.update({"fit/seconds": fit_seconds, "fit/epochs": float(trainer.current_epoch),
-                    "fit/global_step": float(trainer.global_step), "fit/precision": 16.0 if "16" in str(precision) else 32.0})
+    metrics.update({"fit/seconds": fit_seconds, "fit/epochs": float(epochs), "fit/global_step": float(steps), "fit/precision": 16.0 if "16" in str(precision) else 32.0})
 
     if trainer.is_global_zero:
-        path = write_metrics(output_dir, metrics)
         if cfg.get("export", True):
             if best:
                 model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
             export_text_model(model, datamodule.tokenizer, output_dir / "export")
+        path = write_metrics(output_dir, metrics)  # last: its presence marks a finished run
         summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val/acc", "test/acc", "test/f1") if k in metrics)
         log.info("Done: %s. Results in %s (metrics: %s)", summary, output_dir, path.name)
     return metrics
 
 
-def _best_checkpoint(callbacks: list[Any]) -> str | None:
+def _finished_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:
+    """The checkpoint's contents when it was written at the end of a completed fit, else None."""
+    if not ckpt_path:
+        return None
+    import torch
+
+    from sft.callbacks import FIT_FINISHED_KEY
+
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    return checkpoint if checkpoint.get(FIT_FINISHED_KEY) else None
+
+
+def _best_checkpoint(callbacks: list[Any], finished: dict[str, Any] | None = None) -> str | None:
+    """The best checkpoint of the first ModelCheckpoint with a monitor (from its state after a skipped fit)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     for cb in callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path:
+        if not (isinstance(cb, ModelCheckpoint) and cb.monitor):
+            continue
+        if cb.best_model_path:
             return cb.best_model_path
+        for state in (finished or {}).get("callbacks", {}).values():
+            path = state.get("best_model_path") if isinstance(state, dict) else None
+            if state.get("monitor") == cb.monitor and path and Path(path).is_file():
+                return path
     return None
 
 

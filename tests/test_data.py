@@ -221,9 +221,6 @@ def test_folder_given_as_file_says_it_is_a_folder(tmp_path):
     assert "looks_like.csv" in str(info.value) and "it is a folder" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: CSV/TSV/JSONL files starting with a UTF-8 BOM (Excel's 'CSV UTF-8') are "
-                   "rejected: the files are opened with utf-8, not utf-8-sig, so the first header is '\\ufefftext'")
-@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_utf8_bom_is_accepted(tmp_path, suffix):
     body = "text,label\nhello,a\n" if suffix == ".csv" else '{"text": "hello", "label": "a"}\n'
     path = tmp_path / f"excel{suffix}"
@@ -328,8 +325,6 @@ def test_text_files_fraction_sizes_are_exact_for_test(tmp_path):
     assert len(splits.train) + len(splits.val) + len(splits.test) == len(rows)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: TextFiles carves val_size as a fraction of what is left after carving "
-                   "test, not of the train file: 100 rows with val_size=test_size=0.1 give 81/9/10, not 80/10/10")
 def test_text_files_fraction_sizes_are_fractions_of_the_file(tmp_path):
     rows = make_rows({"a": 50, "b": 50})
     splits = TextFiles(str(write_csv(tmp_path / "train.csv", rows)), val_size=0.1, test_size=0.1).load()
@@ -358,6 +353,13 @@ def test_text_files_train_label_outside_label_names(tmp_path):
         TextFiles(str(path), label_names=["pos", "neg"], val_size=4, test_size=4).load()
     message = str(info.value)
     assert "labelled.csv" in message and "['meh']" in message and "['pos', 'neg']" in message
+
+
+def test_text_files_missing_file_names_the_setting(tmp_path):
+    train = write_csv(tmp_path / "train.csv", make_rows({"a": 5, "b": 5}))
+    with pytest.raises(DataError) as info:
+        TextFiles(str(train), val=str(tmp_path / "no_val.csv")).load()
+    assert "no_val.csv" in str(info.value) and "data.val" in str(info.value)
 
 
 def test_text_files_val_label_missing_from_train(tmp_path):
@@ -424,18 +426,16 @@ def test_glue_label_outside_range_names_file_and_row(tmp_path):
     write_lines(folder / "train.tsv", lines)
     with pytest.raises(DataError) as info:
         Glue("sst2", str(folder), val_size=2).load()
-    assert "train.tsv" in str(info.value) and "row 4" in str(info.value) and "'2'" in str(info.value)
+    assert "train.tsv:4:" in str(info.value) and "'2'" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Glue._named reports 'row {index + 2}', counting rows, not file lines: "
-                   "after a blank line the reported line number is one too small")
 def test_glue_bad_label_line_number_counts_blank_lines(tmp_path):
     folder = write_glue(tmp_path / "glue", glue_rows(4, 4), glue_rows(2, 2))
     lines = (folder / "train.tsv").read_text().splitlines()
     lines[2] = ""
     lines[4] = "a sentence with a bad label\t2"
     write_lines(folder / "train.tsv", lines)
-    with pytest.raises(DataError, match="row 5 "):
+    with pytest.raises(DataError, match=r"train\.tsv:5: label '2'"):
         Glue("sst2", str(folder), val_size=2).load()
 
 
@@ -505,8 +505,6 @@ def test_subsample_train_size_larger_than_split_names_the_size(pool):
     assert f"train_size={len(pool) + 1}" in str(info.value) and f"has {len(pool)} rows" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a float train_size > 1 (e.g. 1.5, a typo for 0.15 or 15) is accepted and "
-                   "silently truncated to int(1.5)=1 row instead of raising ConfigError")
 def test_subsample_fraction_above_one_is_a_config_error(pool):
     with pytest.raises(ConfigError):
         subsample(pool, 1.5, None, seed=0)
@@ -599,8 +597,6 @@ def test_resume_at_does_not_touch_other_epochs():
     assert list(sampler) == sampler.batches(0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: TrainBatchSampler.__iter__ clears the pending resume_at(epoch, k) on any "
-                   "iteration, so iterating another epoch first drops the skip for the resumed epoch")
 def test_resume_at_survives_iterating_another_epoch_first():
     sampler = TrainBatchSampler(skewed_lengths(100), 10, seed=1)
     sampler.resume_at(2, 4)
@@ -694,10 +690,6 @@ def test_cache_written_once_and_reused(files, minilm_path, tmp_path):
     assert dm.cache_file.stat().st_mtime_ns == mtime
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: tokenizer_fingerprint hashes backend_tokenizer.to_str(), which includes the "
-                   "mutable truncation/padding state that every tokenizer(..., truncation=True, max_length=n) call "
-                   "sets, so the same tokenizer object gives a new cache key once it has been used (cache miss, "
-                   "duplicate cache file)")
 def test_cache_reused_with_the_same_tokenizer_object(files, minilm_path, tmp_path):
     from transformers import AutoTokenizer
 
@@ -846,8 +838,6 @@ def test_datamodule_fixed_label_names_override_discovered_order(files, tokenizer
         TextDataModule(source_of(files), tokenizer, label_names=["pos", "other"]).load_splits()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: TextDataModule.load_splits subsamples a TextSplits source in place "
-                   "(splits.train = subsample(...)), so a second DataModule on the same object subsamples again")
 def test_datamodule_does_not_mutate_a_textsplits_source(tokenizer):
     from sft.data.text import TextDataModule
 

@@ -80,5 +80,5 @@ class TrainBatchSampler:
         skip = 0
         if self._resume is not None and self._resume[0] == self.epoch:
             skip = self._resume[1]
-        self._resume = None
+            self._resume = None
         yield from batches[skip:]

@@ -123,7 +123,8 @@ def subsample(rows: list[Example], train_size: float | int | None, shots_per_cla
     if train_size is not None:
         if isinstance(train_size, float) and train_size == 1.0:
             return rows
-        if train_size <= 0 or (isinstance(train_size, int) and train_size > len(rows)):
+        bad_fraction = isinstance(train_size, float) and train_size > 1
+        if bad_fraction or train_size <= 0 or (isinstance(train_size, int) and train_size > len(rows)):
             raise ConfigError(
                 f"data.train_size={train_size} must be a fraction in (0, 1] or a count in 1..{len(rows)} "
                 f"(the training split has {len(rows)} rows)."
@@ -152,30 +153,35 @@ def _require_file(path: str | Path, setting: str) -> Path:
     return p
 
 
-def read_table(path: str | Path, text_column: str, label_column: str, setting: str = "data.source") -> list[Example]:
+def read_table(path: str | Path, text_column: str, label_column: str, setting: str = "data",
+               allowed_labels: Sequence[str] | None = None) -> list[Example]:
     """Read a CSV, TSV or JSONL file of labelled texts; errors name the file and the line."""
     p = _require_file(path, setting)
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
-        return _read_jsonl(p, text_column, label_column)
+        return _read_jsonl(p, text_column, label_column, allowed_labels)
     if suffix in (".tsv", ".csv"):
-        return _read_delimited(p, text_column, label_column, delimiter="\t" if suffix == ".tsv" else ",")
+        return _read_delimited(p, text_column, label_column, "\t" if suffix == ".tsv" else ",", allowed_labels)
     raise DataError(f"{setting}: {str(p)!r} has suffix {suffix!r}; supported are .csv, .tsv and .jsonl.")
 
 
-def _check_row(p: Path, line: int, text: object, label: object, text_column: str, label_column: str) -> Example:
+def _check_row(p: Path, line: int, text: object, label: object, text_column: str, label_column: str,
+               allowed_labels: Sequence[str] | None = None) -> Example:
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"{p}:{line}: empty or missing text in column {text_column!r}. Fix or remove the row.")
     if label is None or (isinstance(label, str) and not label.strip()):
         raise DataError(f"{p}:{line}: empty or missing label in column {label_column!r}. Fix or remove the row.")
     if isinstance(label, float) and label.is_integer():
         label = int(label)
-    return text.strip(), str(label).strip()
+    label = str(label).strip()
+    if allowed_labels is not None and label not in allowed_labels:
+        raise DataError(f"{p}:{line}: label {label!r} is not one of {list(allowed_labels)}. Fix the row.")
+    return text.strip(), label
 
 
-def _read_jsonl(p: Path, text_column: str, label_column: str) -> list[Example]:
+def _read_jsonl(p: Path, text_column: str, label_column: str, allowed_labels: Sequence[str] | None) -> list[Example]:
     rows = []
-    with p.open(encoding="utf-8") as f:
+    with p.open(encoding="utf-8-sig") as f:  # -sig: tolerate a BOM (Excel's "CSV UTF-8")
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -191,15 +197,17 @@ def _read_jsonl(p: Path, text_column: str, label_column: str) -> list[Example]:
                         f"{p}:{line_no}: no key {col!r} (keys: {sorted(obj)}). Set data.text_column / "
                         "label_column to the right keys."
                     )
-            rows.append(_check_row(p, line_no, obj[text_column], obj[label_column], text_column, label_column))
+            rows.append(_check_row(p, line_no, obj[text_column], obj[label_column], text_column, label_column,
+                                   allowed_labels))
     return rows
 
 
-def _read_delimited(p: Path, text_column: str, label_column: str, delimiter: str) -> list[Example]:
+def _read_delimited(p: Path, text_column: str, label_column: str, delimiter: str,
+                    allowed_labels: Sequence[str] | None) -> list[Example]:
     rows = []
     # TSV files (GLUE included) are not CSV-quoted: quotes are part of the text.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with p.open(encoding="utf-8", newline="") as f:
+    with p.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         try:
             header = next(reader)
@@ -222,7 +230,7 @@ def _read_delimited(p: Path, text_column: str, label_column: str, delimiter: str
                     f"{p}:{line_no}: expected {len(header)} fields ({', '.join(header)}), found {len(row)}. "
                     "Fix the row (a stray separator or a missing field?)."
                 )
-            rows.append(_check_row(p, line_no, row[ti], row[li], text_column, label_column))
+            rows.append(_check_row(p, line_no, row[ti], row[li], text_column, label_column, allowed_labels))
     return rows
 
 
@@ -268,20 +276,14 @@ class Glue:
                     "holding train.tsv and dev.tsv (or leave it null to download from the HF hub)."
                 )
             files = {s: _require_file(folder / f"{s}.tsv", f"data.path ({s}.tsv)") for s in ("train", "dev")}
-            train, dev = (self._named(read_table(files[s], column, "label"), names, files[s]) for s in ("train", "dev"))
+            ids = [str(i) for i in range(len(names))]
+            train, dev = ([(text, names[int(label)]) for text, label in
+                           read_table(files[s], column, "label", f"data.path ({s}.tsv)", allowed_labels=ids)]
+                          for s in ("train", "dev"))
             origin = {"train": str(files["train"]), "val": f"{files['train']} (carved)", "test": str(files["dev"])}
         # Fixed split seed (not the run seed): every run validates on the same rows.
         train, val = stratified_split(train, self.val_size, self.split_seed)
         return TextSplits(train, val, dev, label_names=list(names), origin=origin).validate()
-
-    @staticmethod
-    def _named(rows: list[Example], names: list[str], where: object) -> list[Example]:
-        out = []
-        for i, (text, label) in enumerate(rows):
-            if label not in ("0", "1", *map(str, range(len(names)))):
-                raise DataError(f"{where}: row {i + 2} has label {label!r}; GLUE labels are 0..{len(names) - 1}.")
-            out.append((text, names[int(label)]))
-        return out
 
     def _from_hub(self, names: list[str]) -> tuple[list[Example], list[Example], dict[str, str]]:
         try:
@@ -337,9 +339,13 @@ class TextFiles:
                 splits[name] = read_table(path, self.text_column, self.label_column, setting=f"data.{name}")
                 origin[name] = str(path)
         train = splits["train"]
+        total = len(train)
         for name in ("test", "val"):
             if name not in splits:
-                train, splits[name] = stratified_split(train, self.sizes[name], self.split_seed)
+                size = self.sizes[name]
+                # A fraction means a fraction of the whole file, also for the second split carved.
+                count = round(size * total) if isinstance(size, float) and 0 < size < 1 else size
+                train, splits[name] = stratified_split(train, count, self.split_seed)
                 origin[name] = f"{self.files['train']} (carved, {name}_size={self.sizes[name]})"
         names = self.label_names or discover_labels(train)
         extra = sorted({label for _, label in train} - set(names))

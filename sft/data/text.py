@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,7 +45,10 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     digest = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        digest.update(backend.to_str().encode())
+        # Truncation / padding are call-time state (every tokenizer(..., max_length=n) call sets them).
+        spec = json.loads(backend.to_str())
+        spec["truncation"] = spec["padding"] = None
+        digest.update(json.dumps(spec, sort_keys=True).encode())
     else:  # slow tokenizers: the vocabulary and special tokens
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     digest.update(json.dumps(tokenizer.all_special_tokens).encode())
@@ -112,7 +116,7 @@ class TextDataModule(L.LightningDataModule):
     def load_splits(self) -> TextSplits:
         """Read and validate the source once; apply the seeded training subset."""
         if self.splits is None:
-            splits = self.source.load() if hasattr(self.source, "load") else self.source
+            splits = self.source.load() if hasattr(self.source, "load") else dataclasses.replace(self.source)
             if self.fixed_label_names:
                 splits.label_names = self.fixed_label_names
             splits.validate()

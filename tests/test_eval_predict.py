@@ -1,0 +1,95 @@
+"""sft.eval and sft.predict on a trained run: metrics agree with training, predictions keep input order."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from sft.errors import ConfigError, DataError
+from sft.eval import evaluate
+from sft.eval import main as eval_main
+from sft.predict import main as predict_main
+from sft.predict import predict_rows
+from sft.train import train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_bert, compose_cfg):
+    from tests.conftest import FAST
+
+    out = tmp_path_factory.mktemp("evalrun") / "run"
+    train(compose_cfg(f"model.name_or_path={tiny_bert}", f"output_dir={out}", *FAST, "trainer.max_epochs=2",
+                      "optimizer.lr=2e-3"))
+    return out
+
+
+@pytest.mark.parametrize("which", ["run", "export", "ckpt"])
+def test_eval_matches_the_runs_own_test_metrics(run_dir, which):
+    target = {"run": run_dir, "export": run_dir / "export",
+              "ckpt": next((run_dir / "checkpoints").glob("best-*.ckpt"))}[which]
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    if which == "export":  # an export folder alone does not say which data: give it
+        metrics = evaluate(target, "test", ["data=sample"])
+    else:
+        metrics = evaluate(target, "test")
+    for key in ("test/acc", "test/f1", "test/loss"):
+        assert metrics[key] == pytest.approx(saved[key], abs=1e-5), key
+
+
+def test_eval_other_split_and_output_file(run_dir, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert eval_main([str(run_dir), "--split", "val", "--output", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["val/samples"] == 120
+    assert metrics["val/acc"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["val/acc"], abs=1e-6)
+    assert json.loads(capsys.readouterr().out) == metrics
+
+
+def test_eval_bad_inputs(run_dir, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="does not exist"):
+        evaluate(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="--split 'dev'"):
+        evaluate(run_dir, "dev")
+    assert eval_main([str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_predictions_keep_input_order(run_dir):
+    # Texts of very different lengths: predict_proba batches them by length internally.
+    texts = ["ok"] + [f"{'really ' * (i % 17)}good film number {i}" for i in range(70)] + ["bad"]
+    rows = predict_rows(str(run_dir), texts, batch_size=8)
+    assert [r["text"] for r in rows] == texts
+    singles = [predict_rows(str(run_dir), [t])[0] for t in texts[::9]]
+    for single, row in zip(singles, rows[::9], strict=True):
+        assert single["prob_positive"] == pytest.approx(row["prob_positive"], abs=1e-5)
+        assert single["label"] == row["label"]
+
+
+def test_predict_csv_in_jsonl_out(run_dir, tmp_path):
+    src = tmp_path / "in.csv"
+    with src.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "review"])
+        writer.writerows([[1, "lovely, warm, funny"], [2, "cold soup, rude staff"], [3, "fine, I guess, sure"]])
+    out = tmp_path / "out.jsonl"
+    assert predict_main([str(run_dir / "export"), "--input", str(src), "--text-column", "review",
+                         "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["lovely, warm, funny", "cold soup, rude staff", "fine, I guess, sure"]
+    assert all(set(r) == {"text", "label", "confidence", "prob_negative", "prob_positive"} for r in rows)
+    assert all(r["confidence"] == max(r["prob_negative"], r["prob_positive"]) for r in rows)
+
+
+def test_predict_bad_inputs(run_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"txt": "oops"}\n')
+    assert predict_main([str(run_dir), "--input", str(bad)]) == 2
+    assert f"{bad}:2" in capsys.readouterr().err
+    with pytest.raises(DataError, match="no column 'text'"):
+        from sft.predict import read_texts
+
+        src = tmp_path / "x.csv"
+        src.write_text("review\nfine\n")
+        read_texts(str(src), "text")

@@ -221,6 +221,7 @@ def test_folder_given_as_file_says_it_is_a_folder(tmp_path):
     assert "looks_like.csv" in str(info.value) and "it is a folder" in str(info.value)
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_utf8_bom_is_accepted(tmp_path, suffix):
     body = "text,label\nhello,a\n" if suffix == ".csv" else '{"text": "hello", "label": "a"}\n'
     path = tmp_path / f"excel{suffix}"

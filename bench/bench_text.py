@@ -142,7 +142,11 @@ def mean(xs: list[float]) -> float | None:
 def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        get_linear_schedule_with_warmup,
+    )
 
     train_rows = read_sst2(args.sst2_dir / "train.tsv", args.train_rows)
     dev_rows = read_sst2(args.sst2_dir / "dev.tsv", args.dev_rows)
@@ -206,8 +210,13 @@ def peer_hf(args: argparse.Namespace, best: bool) -> dict[str, Any]:
     import numpy as np
     import transformers
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     transformers.logging.set_verbosity_warning()
     try:

@@ -41,7 +41,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def write_run_info(output_dir: Path, cfg: DictConfig) -> None:
+def write_run_info(output_dir: Path, cfg: DictConfig, **extra: Any) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     info = {
@@ -51,6 +51,7 @@ def write_run_info(output_dir: Path, cfg: DictConfig) -> None:
         "versions": versions(),
         "host": platform.node(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
     }
     # Appended, not overwritten: a resumed run keeps the record of every start.
     runs_file = output_dir / "run.json"

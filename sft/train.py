@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sft.checks import check_config
 from sft.errors import ConfigError, SftError
@@ -93,6 +93,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     import torch
 
+    if logging.getLogger().handlers:  # Hydra (or the caller) configured logging: no second console copy
+        logging.getLogger("lightning").handlers.clear()
+
     from sft.export import export_text_model
     from sft.models.backbones import resolve_name_or_path
     from sft.rundir import write_metrics, write_run_info
@@ -125,7 +128,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
                     default_root_dir=str(output_dir))
     if trainer.is_global_zero:
-        write_run_info(output_dir, cfg)
+        write_run_info(output_dir, cfg, precision=str(trainer.precision), accelerator=type(trainer.accelerator).__name__)
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
 
@@ -146,7 +149,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update(_floats(trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]))
     if cfg.get("test", True):
         metrics.update(_floats(trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]))
-    metrics.update({"fit/seconds": fit_seconds, "fit/epochs": float(epochs), "fit/global_step": float(steps), "fit/precision": 16.0 if "16" in str(precision) else 32.0})
+    metrics.update({"fit/seconds": fit_seconds, "fit/epochs": float(epochs), "fit/global_step": float(steps)})
 
     if trainer.is_global_zero:
         if cfg.get("export", True):

@@ -42,7 +42,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_bert, tmp_path
     expected = uninterrupted
 
     run_dir = tmp_path / "killed"
-    killed = run_cli([*common(tiny_bert, run_dir), f"+callbacks.killer._target_=tests.helpers.KillAtStep",
+    killed = run_cli([*common(tiny_bert, run_dir), "+callbacks.killer._target_=tests.helpers.KillAtStep",
                       f"+callbacks.killer.step={kill_step}"])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()

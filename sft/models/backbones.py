@@ -25,6 +25,8 @@ def resolve_name_or_path(name_or_path: str | None) -> str:
     if name_or_path is None:
         return packaged_minilm_path()
     name = str(name_or_path)
+    if not name.strip():
+        raise ConfigError("model.name_or_path is empty: give a HF hub id, a local folder, or null for the packaged MiniLM.")
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

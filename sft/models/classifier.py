@@ -8,7 +8,12 @@ from typing import Any
 import lightning as L
 import torch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassPrecision, MulticlassRecall
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
 from sft.errors import ConfigError
 from sft.finetune import FREEZE_STRATEGIES

@@ -38,10 +38,14 @@ def test_cfg_job_shows_overrides_from_another_directory(tmp_path):
     assert "seed: 1" in out.stdout and not (tmp_path / "outputs").exists()
 
 
-def test_unknown_option_names_the_group_and_choices(tmp_path):
-    out = python(["-m", "sft.run", "model=bertt"], cwd=tmp_path)
+@pytest.mark.parametrize("override, choice", [("model=bertt", "minilm"), ("data=sst3", "sst2"),
+                                              ("optimizer=adamx", "adamw"), ("scheduler=cosin", "cosine")])
+def test_unknown_option_names_the_group_and_choices(tmp_path, override, choice):
+    out = python(["-m", "sft.run", override], cwd=tmp_path)
+    group, option = override.split("=")
     assert out.returncode != 0
-    assert "model/bertt" in out.stderr and "Available options" in out.stderr and "minilm" in out.stderr
+    assert f"{group}/{option}" in out.stderr and "Available options" in out.stderr and choice in out.stderr
+    assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fine-tune, evaluate and export as ``cfg`` says; returns the flat metrics written to metrics.json."""
     check_config(cfg)
     output_dir = Path(cfg.output_dir).expanduser().resolve()
+    ckpt_path = resume_checkpoint(cfg, output_dir)  # before the slow imports: a bad resume fails at once
 
     import lightning as L
     import torch
@@ -103,7 +105,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     L.seed_everything(cfg.seed, workers=True)
-    ckpt_path = resume_checkpoint(cfg, output_dir)
+    if cfg.freeze.strategy != "none":  # a frozen backbone is in eval mode on purpose
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
     name_or_path = resolve_name_or_path(cfg.model.get("name_or_path"))
     datamodule = build(cfg.data, tokenizer=name_or_path, seed=cfg.seed)

@@ -59,12 +59,10 @@ THREADS = 2
 
 
 def cpu_bf16() -> bool:
-    """True when the CPU runs bf16 matmuls natively (AMX or AVX512-BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
+    """True when the CPU runs bf16 matmuls natively (AMX or AVX512-BF16): sft's own test."""
+    from sft.train import cpu_supports_bf16
+
+    return cpu_supports_bf16()
 
 
 def cpu_flags_summary() -> str:

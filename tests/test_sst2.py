@@ -10,6 +10,7 @@ from sft.train import train
 from tests.conftest import FAST, SST2_DIR, needs_sst2
 
 
+@pytest.mark.slow  # ~90 s on 2 cores; `make test-slow` and CI run it
 @needs_sst2()
 def test_minilm_on_real_sst2_beats_075_dev_accuracy(compose_cfg, tmp_path):
     cfg = compose_cfg("model=minilm", "data=sst2", f"data.path={SST2_DIR}", "data.train_size=3000",

@@ -61,7 +61,7 @@ def evaluate(model_path: str | Path, split: str = "test", overrides: list[str] |
     datamodule = build(data_cfg, tokenizer=tokenizer, label_names=names, eval_batch_size=batch_size)
     datamodule.prepare_data()
     datamodule.setup("test")
-    loader = datamodule._eval_loader(split)
+    loader = datamodule.eval_dataloader(split)
     metrics = stage_metrics(len(names), split)
     loss_sum, count = 0.0, 0
     with torch.inference_mode():

@@ -198,18 +198,18 @@ class TextDataModule(L.LightningDataModule):
         self._train_sampler = sampler
         return self._loader(dataset, batch_sampler=sampler)
 
-    def _eval_loader(self, split: str) -> DataLoader:
+    def eval_dataloader(self, split: str) -> DataLoader:
         size = self.eval_batch_size or (len(self.datasets["train"]) if self.batch_size == "full" else self.batch_size)
         return self._loader(self.datasets[split], batch_size=int(size), shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+        return self.eval_dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self.eval_dataloader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self.eval_dataloader("test")
 
     # ------------------------------------------------------------------ resume mid-epoch
     def state_dict(self) -> dict[str, Any]:

@@ -62,7 +62,7 @@ def lukemelas_to_timm(state_dict: Mapping[str, torch.Tensor],
     dst = [k for k in timm_state_dict if _is_weight(k)]
     out: dict[str, torch.Tensor] = {}
     owners: dict[str, str] = {}  # timm module -> checkpoint module, e.g. "bn2" -> "_bn1"
-    for i, (s, d) in enumerate(zip(src, dst)):
+    for i, (s, d) in enumerate(zip(src, dst, strict=False)):  # lengths checked below
         a, b = state_dict[s], timm_state_dict[d]
         kind_s, kind_d = s.rsplit(".", 1)[-1], d.rsplit(".", 1)[-1]
         if tuple(a.shape) != tuple(b.shape) or kind_s != kind_d:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -40,7 +41,7 @@ class TrainBatchSampler:
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
-                 chunk_batches: int = 50):
+                 chunk_batches: int = 50, drop_last: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.lengths = list(lengths)
@@ -48,6 +49,7 @@ class TrainBatchSampler:
         self.seed = seed
         self.group_by_length = group_by_length
         self.chunk_batches = chunk_batches
+        self.drop_last = drop_last and len(self.lengths) >= batch_size
         self.epoch = 0
         self._resume: tuple[int, int] | None = None
 
@@ -58,6 +60,8 @@ class TrainBatchSampler:
         self._resume = (epoch, batches_done)
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.lengths) // self.batch_size
         return math.ceil(len(self.lengths) / self.batch_size)
 
     def batches(self, epoch: int) -> list[list[int]]:
@@ -66,7 +70,8 @@ class TrainBatchSampler:
         rng.shuffle(order)
         bs = self.batch_size
         if not self.group_by_length:
-            return [order[i : i + bs] for i in range(0, len(order), bs)]
+            batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+            return batches[: len(self)]  # drop_last: the short final batch
         chunk = bs * self.chunk_batches
         batches = []
         for start in range(0, len(order), chunk):
@@ -82,3 +87,35 @@ class TrainBatchSampler:
             skip = self._resume[1]
             self._resume = None
         yield from batches[skip:]
+
+
+class MidEpochResume:
+    """DataModule mixin: checkpoints carry the training sampler's position, so a run resumed from a
+    mid-epoch checkpoint continues with exactly the batches an uninterrupted run would see.
+
+    Lightning saves ``state_dict()`` in every checkpoint and calls ``load_state_dict`` before it builds
+    the train loader; ``make_train_sampler`` then applies the saved position.
+    """
+
+    _resume_state: dict[str, int] | None = None
+    trainer: Any
+
+    def make_train_sampler(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool,
+                           drop_last: bool = False) -> TrainBatchSampler:
+        sampler = TrainBatchSampler(lengths, batch_size, seed, group_by_length=group_by_length, drop_last=drop_last)
+        if self._resume_state is not None:
+            sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches_done"])
+            self._resume_state = None
+        return sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        # `processed` counts the batches of this epoch already stepped on (all of them at epoch end).
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": trainer.fit_loop.epoch_progress.current.processed, "batches_done": progress.processed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            self._resume_state = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}

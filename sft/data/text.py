@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sft.data.batching import PadCollator, TrainBatchSampler
+from sft.data.batching import MidEpochResume, PadCollator
 from sft.data.sources import SPLITS, TextSplits, subsample
 from sft.errors import ConfigError
 
@@ -55,7 +55,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(MidEpochResume, L.LightningDataModule):
     """Owns the label space (``label_names``, ``id2label``) and hands token batches to the model.
 
     Usable without Hydra::
@@ -101,8 +101,6 @@ class TextDataModule(L.LightningDataModule):
         self.splits: TextSplits | None = None
         self.datasets: dict[str, TokenizedSplit] = {}
         self.cache_file: Path | None = None
-        self._train_sampler: TrainBatchSampler | None = None
-        self._resume_state: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ label space
     @property
@@ -191,11 +189,7 @@ class TextDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self.datasets["train"]
         batch_size = len(dataset) if self.batch_size == "full" else int(self.batch_size)
-        sampler = TrainBatchSampler(dataset.lengths(), batch_size, self.seed, group_by_length=self.group_by_length)
-        if self._resume_state is not None:
-            sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches_done"])
-            self._resume_state = None
-        self._train_sampler = sampler
+        sampler = self.make_train_sampler(dataset.lengths(), batch_size, self.seed, self.group_by_length)
         return self._loader(dataset, batch_sampler=sampler)
 
     def eval_dataloader(self, split: str) -> DataLoader:
@@ -210,19 +204,6 @@ class TextDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
-
-    # ------------------------------------------------------------------ resume mid-epoch
-    def state_dict(self) -> dict[str, Any]:
-        trainer = self.trainer
-        if trainer is None or trainer.state.fn != "fit":
-            return {}
-        # `processed` counts the batches of this epoch already stepped on (all of them at epoch end).
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": trainer.fit_loop.epoch_progress.current.processed, "batches_done": progress.processed}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict:
-            self._resume_state = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}
 
 
 # ---------------------------------------------------------------------- builders named by conf/data/*.yaml

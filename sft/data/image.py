@@ -1,0 +1,110 @@
+"""LightningDataModule for image classification: ImageFolder-style sources, transforms from the weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sft.data.batching import MidEpochResume
+from sft.errors import ConfigError
+
+
+def build_transforms(preprocess: dict[str, Any], train: bool, augment: bool = True) -> Any:
+    """Eval: resize + center crop; train (with ``augment``): random resized crop + horizontal flip.
+    Grayscale and RGBA images are converted to RGB first (in the dataset)."""
+    from torchvision import transforms as T
+
+    interpolation = T.InterpolationMode(preprocess.get("interpolation", "bilinear"))
+    normalize = [T.ToTensor(), T.Normalize(preprocess["mean"], preprocess["std"])]
+    if train and augment:
+        return T.Compose([T.RandomResizedCrop(preprocess["crop"], interpolation=interpolation),
+                          T.RandomHorizontalFlip(), *normalize])
+    return T.Compose([T.Resize(preprocess["resize"], interpolation=interpolation), T.CenterCrop(preprocess["crop"]),
+                      *normalize])
+
+
+class ImageFiles(Dataset):
+    def __init__(self, rows: list[tuple[str, int]], transform: Any):
+        self.rows, self.transform = rows, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from PIL import Image
+
+        path, label = self.rows[i]
+        with Image.open(path) as img:
+            pixels = self.transform(img.convert("RGB"))
+        return {"pixel_values": pixels, "labels": torch.tensor(label)}
+
+
+class ImageDataModule(MidEpochResume, L.LightningDataModule):
+    """Owns the label space (class folder names) and hands pixel batches to the model. Usable without Hydra::
+
+        dm = ImageDataModule(ImageFolderSource("data/hymenoptera"), preprocess_for("resnet18", "DEFAULT"))
+    """
+
+    def __init__(self, source: Any, preprocess: dict[str, Any], batch_size: int = 32, augment: bool = True,
+                 num_workers: int = 0, seed: int = 0, label_names: list[str] | None = None):
+        super().__init__()
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size!r} must be a positive integer.")
+        self.source, self.preprocess = source, dict(preprocess)
+        self.batch_size, self.augment, self.num_workers, self.seed = batch_size, augment, num_workers, seed
+        self.fixed_label_names = list(label_names) if label_names else None
+        self.splits: Any = None
+        self.datasets: dict[str, ImageFiles] = {}
+
+    def load_splits(self) -> Any:
+        if self.splits is None:
+            splits = self.source.load()
+            if self.fixed_label_names:
+                splits.label_names = self.fixed_label_names
+            self.splits = splits.validate()
+        return self.splits
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.load_splits().label_names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+    def prepare_data(self) -> None:
+        self.load_splits()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        splits = self.load_splits()
+        ids = {name: i for i, name in enumerate(splits.label_names)}
+        for name in ("train", "val", "test"):
+            rows = [(path, ids[label]) for path, label in getattr(splits, name)]
+            self.datasets[name] = ImageFiles(rows, build_transforms(self.preprocess, train=name == "train",
+                                                                    augment=self.augment))
+
+    def _loader(self, dataset: ImageFiles, **kwargs: Any) -> DataLoader:
+        return DataLoader(dataset, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available(),
+                          generator=torch.Generator().manual_seed(self.seed), **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        # drop_last: a final batch of one breaks BatchNorm in training mode.
+        sampler = self.make_train_sampler([1] * len(dataset), self.batch_size, self.seed, group_by_length=False,
+                                          drop_last=True)
+        return self._loader(dataset, batch_sampler=sampler)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        return self._loader(self.datasets[split], batch_size=self.batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")

@@ -1,0 +1,137 @@
+"""Image backbones (torchvision by name, the packaged EfficientNet-Lite0) and the image classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sft.errors import ConfigError
+from sft.models.classifier import Classifier
+
+# The top-level child that holds the classification head, per architecture family.
+HEAD_NAMES = ("fc", "classifier", "heads", "head")
+IMAGENET_PREPROCESS = {"resize": 256, "crop": 224, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                       "interpolation": "bilinear"}
+
+
+def _torchvision_weights(arch: str, weights: str | None) -> Any:
+    import torchvision
+
+    if weights in (None, "none", "None"):
+        return None
+    try:
+        return torchvision.models.get_model_weights(arch)[weights] if weights != "DEFAULT" else \
+            torchvision.models.get_model_weights(arch).DEFAULT
+    except KeyError:
+        names = [w.name for w in torchvision.models.get_model_weights(arch)]
+        raise ConfigError(f"model.weights={weights!r} is not a weights enum of {arch}: choose one of {names} "
+                          "(or DEFAULT, or none).") from None
+
+
+def preprocess_for(arch: str, weights: str | None = None) -> dict[str, Any]:
+    """Resize, crop, normalisation and interpolation the pretrained weights expect."""
+    if arch == "efficientnet_lite0":
+        from sft.models.vision_weights import EFFICIENTNET_LITE0_PREPROCESS
+
+        return dict(EFFICIENTNET_LITE0_PREPROCESS)
+    enum = _torchvision_weights(arch, weights)
+    if enum is None:
+        return dict(IMAGENET_PREPROCESS)
+    t = enum.transforms()
+    return {"resize": t.resize_size[0], "crop": t.crop_size[0], "mean": tuple(t.mean), "std": tuple(t.std),
+            "interpolation": t.interpolation.value}
+
+
+def head_name(model: nn.Module) -> str:
+    for name in HEAD_NAMES:
+        if hasattr(model, name) and isinstance(getattr(model, name), nn.Module):
+            return name
+    raise ConfigError(f"{type(model).__name__}: no classification head found (looked for {HEAD_NAMES}).")
+
+
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    """Swap the last Linear of the head for a fresh one with ``num_classes`` outputs."""
+    name = head_name(model)
+    head = getattr(model, name)
+    if isinstance(head, nn.Linear):
+        setattr(model, name, nn.Linear(head.in_features, num_classes))
+        return
+    linears = [(n, m) for n, m in head.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__}.{name} has no Linear layer to replace.")
+    path, last = linears[-1]
+    parent = head.get_submodule(path.rsplit(".", 1)[0]) if "." in path else head
+    setattr(parent, path.rsplit(".", 1)[-1], nn.Linear(last.in_features, num_classes))
+
+
+def build_image_model(arch: str, num_classes: int, weights: str | None = None, weights_path: str | None = None) -> nn.Module:
+    """A torchvision model by name (weights by enum name or a local state_dict file), or the packaged
+    EfficientNet-Lite0, with a fresh ``num_classes`` head."""
+    if arch == "efficientnet_lite0":
+        from sft.models.vision_weights import load_efficientnet_lite0
+
+        return load_efficientnet_lite0(num_classes)
+    import torchvision
+
+    if arch not in torchvision.models.list_models():
+        raise ConfigError(f"model.arch={arch!r} is not a torchvision model. Known image models include "
+                          "resnet18, resnet50, efficientnet_b0, vit_b_16 (torchvision.models.list_models()), "
+                          "or efficientnet_lite0 (packaged, offline).")
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model.weights_path={str(path)!r} does not exist: give a state_dict file (.pth).")
+        model = torchvision.models.get_model(arch, weights=None)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        except RuntimeError as e:
+            raise ConfigError(f"model.weights_path={str(path)!r} does not fit {arch}: {str(e).splitlines()[0]}") from None
+    else:
+        model = torchvision.models.get_model(arch, weights=_torchvision_weights(arch, weights))
+    replace_head(model, num_classes)
+    return model
+
+
+class ImageClassifier(Classifier):
+    """Fine-tunes a pretrained image backbone with a new head. Usable without Hydra::
+
+        model = ImageClassifier("resnet18", weights="IMAGENET1K_V1", num_labels=2, optimizer=partial(torch.optim.SGD, lr=1e-3))
+    """
+
+    def __init__(
+        self,
+        arch: str = "efficientnet_lite0",
+        weights: str | None = None,
+        weights_path: str | None = None,
+        num_labels: int = 2,
+        id2label: dict[int, str] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        freeze: str = "none",
+        monitor: str = "val/acc",
+    ):
+        super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor)
+        self.save_hyperparameters({"arch": arch, "weights": weights, "weights_path": weights_path,
+                                   "num_labels": num_labels, "id2label": self.id2label, "freeze": freeze,
+                                   "monitor": monitor})
+        self.model = build_image_model(arch, num_labels, weights, weights_path)
+        self.head = head_name(self.model)
+        self.apply_freeze()
+        self.train()
+
+    @property
+    def backbone(self) -> nn.Module:
+        # Every top-level child but the head (stem, stages, pooling): frozen together, kept in eval mode
+        # so BatchNorm running statistics stay the pretrained ones.
+        return nn.ModuleList(m for name, m in self.model.named_children() if name != self.head)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values)
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self(batch["pixel_values"])

@@ -1,0 +1,99 @@
+"""Image classifier and DataModule with a real Lightning Trainer on images written to a temp folder."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from sft.data.image import ImageDataModule
+from sft.data.image_sources import ImageFolderSource
+from sft.errors import ConfigError
+from sft.models.vision import ImageClassifier, build_image_model, preprocess_for
+
+TINY = {"resize": 40, "crop": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear"}
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory) -> Path:
+    """Two easily separable classes (reddish vs bluish noise), train and val, with a grayscale and an RGBA file."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 24), ("val", 8)):
+        for label, channel in (("blue", 2), ("red", 0)):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = (torch.rand(48, 48, 3, generator=gen) * 80).to(torch.uint8)
+                pixels[..., channel] += 150
+                img = Image.fromarray(pixels.numpy())
+                if i == 0:
+                    img = img.convert("RGBA")
+                img.save(folder / f"{i}.png")
+    Image.new("L", (48, 48), 128).save(root / "train" / "red" / "gray.png")
+    return root
+
+
+def fit(model: ImageClassifier, dm: ImageDataModule, tmp_path: Path, epochs: int = 2) -> dict[str, float]:
+    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, deterministic="warn")
+    trainer.fit(model, datamodule=dm)
+    return {k: float(v) for k, v in trainer.validate(model, datamodule=dm, verbose=False)[0].items()}
+
+
+def test_resnet_learns_two_colours(image_root, tmp_path):
+    torch.manual_seed(0)
+    dm = ImageDataModule(ImageFolderSource(str(image_root)), TINY, batch_size=8)
+    dm.prepare_data()
+    assert dm.label_names == ["blue", "red"]
+    model = ImageClassifier("resnet18", num_labels=2, id2label=dm.id2label,
+                            optimizer=partial(torch.optim.AdamW, lr=1e-3))
+    metrics = fit(model, dm, tmp_path, epochs=3)
+    assert metrics["val/acc"] >= 0.9, metrics
+
+
+def test_frozen_backbone_keeps_weights_and_batchnorm_statistics(image_root, tmp_path):
+    dm = ImageDataModule(ImageFolderSource(str(image_root)), TINY, batch_size=8)
+    model = ImageClassifier("resnet18", num_labels=2, freeze="backbone", optimizer=partial(torch.optim.SGD, lr=0.1))
+    before = {k: v.clone() for k, v in model.model.state_dict().items() if not k.startswith("fc.")}
+    fit(model, dm, tmp_path, epochs=1)
+    after = model.model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), f"frozen tensor changed: {key}"  # BN running stats included
+    assert not torch.equal(after["fc.weight"], model.model.fc.weight.detach() * 0)
+    model.train()
+    assert not model.model.layer1.training and model.model.fc.training
+
+
+def test_weights_path_and_bad_names(tmp_path):
+    reference = build_image_model("resnet18", num_classes=1000)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    loaded = build_image_model("resnet18", num_classes=3, weights_path=str(path))
+    assert torch.equal(loaded.conv1.weight, reference.conv1.weight) and loaded.fc.out_features == 3
+    with pytest.raises(ConfigError, match="not a torchvision model"):
+        build_image_model("resnet19", num_classes=2)
+    with pytest.raises(ConfigError, match="IMAGENET1K_V1"):
+        build_image_model("resnet18", num_classes=2, weights="IMAGENET1K_V9")
+    with pytest.raises(ConfigError, match="does not fit resnet18"):
+        torch.save(build_image_model("resnet34", num_classes=1000).state_dict(), tmp_path / "r34.pth")
+        build_image_model("resnet18", num_classes=2, weights_path=str(tmp_path / "r34.pth"))
+
+
+def test_preprocessing_comes_from_the_weights():
+    assert preprocess_for("resnet50", "IMAGENET1K_V2")["resize"] == 232  # torchvision's V2 recipe
+    assert preprocess_for("resnet18", "IMAGENET1K_V1")["crop"] == 224
+    assert preprocess_for("efficientnet_lite0")["mean"] == pytest.approx((0.5, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("arch, head", [("efficientnet_b0", "classifier"), ("vit_b_16", "heads")])
+def test_heads_are_replaced_for_other_families(arch, head):
+    model = build_image_model(arch, num_classes=5)
+    assert getattr(model, head)  # the head child exists
+    out = model.eval()(torch.zeros(1, 3, 224, 224))
+    assert out.shape == (1, 5)

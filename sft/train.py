@@ -98,8 +98,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if logging.getLogger().handlers:  # Hydra (or the caller) configured logging: no second console copy
         logging.getLogger("lightning").handlers.clear()
 
-    from sft.export import export_text_model
-    from sft.models.backbones import resolve_name_or_path
+    from hydra.utils import get_class
+
     from sft.rundir import write_metrics, write_run_info
 
     if cfg.get("torch_threads"):
@@ -108,15 +108,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.freeze.strategy != "none":  # a frozen backbone is in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
-    name_or_path = resolve_name_or_path(cfg.model.get("name_or_path"))
-    datamodule = build(cfg.data, tokenizer=name_or_path, seed=cfg.seed)
-    datamodule.prepare_data()  # reads, validates and tokenizes (cached) before the model loads
+    model_cls = get_class(cfg.model._target_)
+    data_target = str(cfg.data.get("_target_", ""))
+    if model_cls.modality and f"sft.data.{model_cls.modality}" not in data_target:
+        raise ConfigError(
+            f"model {cfg.model._target_} takes {model_cls.modality} data but data is {data_target}: pick a "
+            f"{model_cls.modality} data option (e.g. {'data=imagefolder' if model_cls.modality == 'image' else 'data=sst2'})."
+        )
+    datamodule = build(cfg.data, **model_cls.data_inputs(cfg.model), seed=cfg.seed)
+    datamodule.prepare_data()  # reads and validates (and tokenizes, cached) before the model loads
     log.info("Data: %s labels %s, train/val/test = %s", type(datamodule.source).__name__, datamodule.label_names,
-             "/".join(str(len(datamodule.splits.split(s))) for s in ("train", "val", "test")))
+             "/".join(str(len(getattr(datamodule.splits, s))) for s in ("train", "val", "test")))
 
     scheduler = build(cfg.scheduler) if cfg.get("scheduler") else None
     model = build(cfg.model, _partial_=True)(
-        name_or_path=name_or_path,
         num_labels=len(datamodule.label_names),
         id2label=datamodule.id2label,
         optimizer=build(cfg.optimizer),
@@ -158,7 +163,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("export", True):
             if best:
                 model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-            export_text_model(model, datamodule.tokenizer, output_dir / "export")
+            model.export(output_dir / "export", datamodule)
         path = write_metrics(output_dir, metrics)  # last: its presence marks a finished run
         summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val/acc", "test/acc", "test/f1") if k in metrics)
         log.info("Done: %s. Results in %s (metrics: %s)", summary, output_dir, path.name)

@@ -26,7 +26,7 @@ def test_help_lists_groups_without_importing_torch(tmp_path):
              "print('HEAVY=' + ','.join(heavy))")
     out = python(["-c", probe], cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "model: bert, distilbert, minilm, roberta" in out.stdout
+    assert "model: bert, distilbert, efficientnet_b0, efficientnet_lite0, minilm, resnet18" in out.stdout
     assert "HEAVY=\n" in out.stdout or out.stdout.rstrip().endswith("HEAVY="), out.stdout[-500:]
 
 

@@ -38,16 +38,30 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_option_composes(compose_cfg, group):
     for option in options(group):
-        cfg = compose_cfg(f"{group}={option}", "output_dir=/tmp/x", *(["data.train=x.csv"] if option == "text_file" else []))
+        extra = {"text_file": ["data.train=x.csv"], "imagefolder": ["data.path=x"]}.get(option, [])
+        cfg = compose_cfg(f"{group}={option}", "output_dir=/tmp/x", *extra)
         assert cfg.seed is not None and "trainer" in cfg, (group, option)
+
+
+IMAGE_MODELS = {"efficientnet_lite0", "resnet18", "resnet50", "efficientnet_b0", "vit_b_16"}
 
 
 @pytest.mark.parametrize("option", options("model"))
 def test_model_options(compose_cfg, tiny_bert, option):
     from sft.models.backbones import resolve_name_or_path
     from sft.models.classifier import TextClassifier
+    from sft.models.vision import ImageClassifier, preprocess_for
 
     cfg = compose_cfg(f"model={option}", "output_dir=/tmp/x")
+    if option in IMAGE_MODELS:
+        preprocess = preprocess_for(cfg.model.arch, cfg.model.get("weights"))  # validates the weights enum
+        assert preprocess["crop"] == 224
+        # torchvision weights download when online; here build the same class with weights=none.
+        offline = {} if option == "efficientnet_lite0" else {"weights": None}
+        model = build(cfg.model, num_labels=3, **offline)
+        assert isinstance(model, ImageClassifier)
+        assert model.eval()(torch.zeros(1, 3, 224, 224)).shape == (1, 3)
+        return
     resolved = resolve_name_or_path(cfg.model.name_or_path)
     if option == "minilm":
         assert Path(resolved, "config.json").is_file()  # packaged, offline
@@ -60,16 +74,36 @@ def test_model_options(compose_cfg, tiny_bert, option):
     assert model.model.config.num_labels == 3
 
 
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("imagefolder")
+    for split in ("train", "val"):
+        for label, colour in (("cats", (200, 30, 30)), ("dogs", (30, 30, 200))):
+            (root / split / label).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (40, 40), colour).save(root / split / label / f"{i}.png")
+    return root
+
+
 @pytest.mark.parametrize("option", options("data"))
-def test_data_options(compose_cfg, minilm_path, glue_dir, tmp_path, option):
+def test_data_options(compose_cfg, minilm_path, glue_dir, image_dir, tmp_path, option):
     extra = {"sst2": [f"data.path={glue_dir}", "data.val_size=6"],
-             "text_file": [f"data.train={glue_dir / 'train.tsv'}", "data.text_column=sentence"]}.get(option, [])
+             "text_file": [f"data.train={glue_dir / 'train.tsv'}", "data.text_column=sentence"],
+             "imagefolder": [f"data.path={image_dir}", "data.batch_size=4"]}.get(option, [])
     cfg = compose_cfg(f"data={option}", "output_dir=/tmp/x", *extra)
-    dm = build(cfg.data, tokenizer=minilm_path, seed=0)
+    if option == "imagefolder":
+        from sft.models.vision import preprocess_for
+
+        dm = build(cfg.data, preprocess=preprocess_for("efficientnet_lite0"), seed=0)
+    else:
+        dm = build(cfg.data, tokenizer=minilm_path, seed=0)
     dm.prepare_data()
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    expected = {"pixel_values", "labels"} if option == "imagefolder" else {"input_ids", "attention_mask", "labels"}
+    assert set(batch) == expected
     assert len(dm.label_names) == 2 and all(len(dm.datasets[s]) > 0 for s in ("train", "val", "test"))
 
 

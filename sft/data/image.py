@@ -53,6 +53,10 @@ class ImageDataModule(MidEpochResume, L.LightningDataModule):
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size!r} must be a positive integer.")
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(preprocess, DictConfig):  # passed through hydra.utils.instantiate
+            preprocess = OmegaConf.to_container(preprocess)
         self.source, self.preprocess = source, dict(preprocess)
         self.batch_size, self.augment, self.num_workers, self.seed = batch_size, augment, num_workers, seed
         self.fixed_label_names = list(label_names) if label_names else None
@@ -108,3 +112,12 @@ class ImageDataModule(MidEpochResume, L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
+
+
+def image_folder(path: str | None = None, train: str | None = None, val: str | None = None, test: str | None = None,
+                 skip_bad_images: bool = False, **loader: Any) -> ImageDataModule:
+    """An ImageFolder-style tree (``path/train``, ``path/val``, optional ``path/test``); named by
+    conf/data/imagefolder.yaml."""
+    from sft.data.image_sources import ImageFolderSource
+
+    return ImageDataModule(ImageFolderSource(path, train, val, test, skip_bad_images), **loader)

@@ -37,8 +37,11 @@ def stage_metrics(num_labels: int, prefix: str) -> MetricCollection:
 class Classifier(L.LightningModule):
     """What every sft classifier shares, whatever the input: loss, per-stage metrics, freezing of
     ``backbone``, optimizer and schedule, RNG state in checkpoints. Subclasses build ``self.model``,
-    say which part is the ``backbone`` and turn a batch into ``logits``.
+    say which part is the ``backbone``, turn a batch into ``logits``, say what their data module
+    needs (``data_inputs``) and how to ``export`` themselves.
     """
+
+    modality = ""  # "text" / "image": which data modules fit
 
     def __init__(
         self,
@@ -71,6 +74,14 @@ class Classifier(L.LightningModule):
         raise NotImplementedError
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def data_inputs(cls, model_cfg: Any) -> dict[str, Any]:
+        """What the data module needs from the model config (a tokenizer, a preprocessing recipe)."""
+        raise NotImplementedError
+
+    def export(self, out_dir: Any, datamodule: Any) -> Any:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ freezing
@@ -142,6 +153,8 @@ class TextClassifier(Classifier):
         model = TextClassifier("bert-base-uncased", num_labels=2, optimizer=partial(torch.optim.AdamW, lr=2e-5))
     """
 
+    modality = "text"
+
     def __init__(
         self,
         name_or_path: str | None = None,
@@ -172,6 +185,15 @@ class TextClassifier(Classifier):
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self(batch["input_ids"], batch["attention_mask"])
+
+    @classmethod
+    def data_inputs(cls, model_cfg: Any) -> dict[str, Any]:
+        return {"tokenizer": resolve_name_or_path(model_cfg.get("name_or_path"))}
+
+    def export(self, out_dir: Any, datamodule: Any) -> Any:
+        from sft.export import export_text_model
+
+        return export_text_model(self, datamodule.tokenizer, out_dir)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -103,6 +103,8 @@ class ImageClassifier(Classifier):
         model = ImageClassifier("resnet18", weights="IMAGENET1K_V1", num_labels=2, optimizer=partial(torch.optim.SGD, lr=1e-3))
     """
 
+    modality = "image"
+
     def __init__(
         self,
         arch: str = "efficientnet_lite0",
@@ -129,6 +131,26 @@ class ImageClassifier(Classifier):
         # Every top-level child but the head (stem, stages, pooling): frozen together, kept in eval mode
         # so BatchNorm running statistics stay the pretrained ones.
         return nn.ModuleList(m for name, m in self.model.named_children() if name != self.head)
+
+    @classmethod
+    def data_inputs(cls, model_cfg: Any) -> dict[str, Any]:
+        return {"preprocess": preprocess_for(model_cfg.get("arch", "efficientnet_lite0"), model_cfg.get("weights"))}
+
+    def export(self, out_dir: Any, datamodule: Any) -> Path:
+        """``model.pt`` (a plain state_dict of the torchvision / timm model) + ``model.json``: architecture,
+        class names and preprocessing, so torchvision or timm alone can rebuild and run it."""
+        import json
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), out / "model.pt")
+        library = "timm" if self.hparams.arch == "efficientnet_lite0" else "torchvision"
+        info = {"library": library, "arch": "tf_efficientnet_lite0" if library == "timm" else self.hparams.arch,
+                "num_classes": self.hparams.num_labels, "head": self.head,
+                "label_names": [self.id2label[i] for i in range(len(self.id2label))],
+                "preprocess": datamodule.preprocess}
+        (out / "model.json").write_text(json.dumps(info, indent=2))
+        return out
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 
@@ -88,34 +87,3 @@ class TrainBatchSampler:
             self._resume = None
         yield from batches[skip:]
 
-
-class MidEpochResume:
-    """DataModule mixin: checkpoints carry the training sampler's position, so a run resumed from a
-    mid-epoch checkpoint continues with exactly the batches an uninterrupted run would see.
-
-    Lightning saves ``state_dict()`` in every checkpoint and calls ``load_state_dict`` before it builds
-    the train loader; ``make_train_sampler`` then applies the saved position.
-    """
-
-    _resume_state: dict[str, int] | None = None
-    trainer: Any
-
-    def make_train_sampler(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool,
-                           drop_last: bool = False) -> TrainBatchSampler:
-        sampler = TrainBatchSampler(lengths, batch_size, seed, group_by_length=group_by_length, drop_last=drop_last)
-        if self._resume_state is not None:
-            sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches_done"])
-            self._resume_state = None
-        return sampler
-
-    def state_dict(self) -> dict[str, Any]:
-        trainer = self.trainer
-        if trainer is None or trainer.state.fn != "fit":
-            return {}
-        # `processed` counts the batches of this epoch already stepped on (all of them at epoch end).
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": trainer.fit_loop.epoch_progress.current.processed, "batches_done": progress.processed}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict:
-            self._resume_state = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}

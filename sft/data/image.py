@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sft.data.batching import MidEpochResume
+from sft.data.base import ClassificationDataModule
 from sft.errors import ConfigError
 
 
@@ -42,7 +41,7 @@ class ImageFiles(Dataset):
         return {"pixel_values": pixels, "labels": torch.tensor(label)}
 
 
-class ImageDataModule(MidEpochResume, L.LightningDataModule):
+class ImageDataModule(ClassificationDataModule):
     """Owns the label space (class folder names) and hands pixel batches to the model. Usable without Hydra::
 
         dm = ImageDataModule(ImageFolderSource("data/hymenoptera"), preprocess_for("resnet18", "DEFAULT"))
@@ -70,14 +69,6 @@ class ImageDataModule(MidEpochResume, L.LightningDataModule):
                 splits.label_names = self.fixed_label_names
             self.splits = splits.validate()
         return self.splits
-
-    @property
-    def label_names(self) -> list[str]:
-        return list(self.load_splits().label_names)
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.label_names))
 
     def prepare_data(self) -> None:
         self.load_splits()

@@ -9,11 +9,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sft.data.batching import MidEpochResume, PadCollator
+from sft.data.base import ClassificationDataModule
+from sft.data.batching import PadCollator
 from sft.data.sources import SPLITS, TextSplits, subsample
 from sft.errors import ConfigError
 
@@ -55,7 +55,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-class TextDataModule(MidEpochResume, L.LightningDataModule):
+class TextDataModule(ClassificationDataModule):
     """Owns the label space (``label_names``, ``id2label``) and hands token batches to the model.
 
     Usable without Hydra::
@@ -121,18 +121,6 @@ class TextDataModule(MidEpochResume, L.LightningDataModule):
             splits.train = subsample(splits.train, self.train_size, self.shots_per_class, self.seed)
             self.splits = splits
         return self.splits
-
-    @property
-    def label_names(self) -> list[str]:
-        return list(self.load_splits().label_names)
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.label_names))
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.label_names)}
 
     # ------------------------------------------------------------------ tokenize once, cached
     def _cache_path(self) -> Path:

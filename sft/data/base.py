@@ -1,0 +1,57 @@
+"""What the text and image DataModules share: the label space they own, and exact mid-epoch resume."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+
+from sft.data.batching import TrainBatchSampler
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Base for sft's DataModules. Subclasses implement ``load_splits()`` (validated splits with
+    ``label_names``) and build their train loader with ``make_train_sampler``.
+
+    Checkpoints carry the training sampler's position (``state_dict``), so a run resumed from a
+    mid-epoch checkpoint continues with exactly the batches an uninterrupted run would see: Lightning
+    calls ``load_state_dict`` before it builds the train loader.
+    """
+
+    _resume_state: dict[str, int] | None = None
+
+    def load_splits(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.load_splits().label_names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.label_names)}
+
+    def make_train_sampler(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool,
+                           drop_last: bool = False) -> TrainBatchSampler:
+        sampler = TrainBatchSampler(lengths, batch_size, seed, group_by_length=group_by_length, drop_last=drop_last)
+        if self._resume_state is not None:
+            sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches_done"])
+            self._resume_state = None
+        return sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        # `processed` counts the batches of this epoch already stepped on (all of them at epoch end).
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": trainer.fit_loop.epoch_progress.current.processed, "batches_done": progress.processed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            self._resume_state = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}

@@ -55,10 +55,10 @@ def evaluate(model_path: str | Path, split: str = "test", overrides: list[str] |
 
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split {split!r}: choose train, val or test.")
-    model, tokenizer = load_model(model_path)
+    model, data_inputs = load_model(model_path)
     names = label_names(model)
     data_cfg = data_config(Path(model_path).expanduser(), overrides or [])
-    datamodule = build(data_cfg, tokenizer=tokenizer, label_names=names, eval_batch_size=batch_size)
+    datamodule = build(data_cfg, **data_inputs, label_names=names, eval_batch_size=batch_size)
     datamodule.prepare_data()
     datamodule.setup("test")
     loader = datamodule.eval_dataloader(split)
@@ -66,7 +66,7 @@ def evaluate(model_path: str | Path, split: str = "test", overrides: list[str] |
     loss_sum, count = 0.0, 0
     with torch.inference_mode():
         for batch in loader:  # sequential: the split's own order
-            logits = model(batch["input_ids"], batch["attention_mask"]).float()
+            logits = model.logits(batch).float()
             loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
             count += len(batch["labels"])
             metrics.update(logits, batch["labels"])

@@ -9,37 +9,61 @@ from typing import Any
 from sft.errors import ConfigError
 
 
+EXPORT_MARKERS = ("config.json", "model.json")  # text (save_pretrained) / image export folders
+
+
+def _is_export(folder: Path) -> bool:
+    return any((folder / marker).is_file() for marker in EXPORT_MARKERS)
+
+
 def resolve_model_path(path: str | Path) -> Path:
     """A run folder means its export/ (or else its best / last checkpoint)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise ConfigError(f"{str(p)!r} does not exist: give a run folder, its export/ folder or a .ckpt file.")
-    if p.is_dir() and not (p / "config.json").is_file():
-        if (p / "export" / "config.json").is_file():
+    if p.is_dir() and not _is_export(p):
+        if _is_export(p / "export"):
             return p / "export"
         ckpts = sorted((p / "checkpoints").glob("best-*.ckpt")) or sorted((p / "checkpoints").glob("last.ckpt"))
         if ckpts:
             return ckpts[-1]
-        raise ConfigError(f"{str(p)!r} holds no model: expected config.json, export/ or checkpoints/*.ckpt.")
+        raise ConfigError(f"{str(p)!r} holds no model: expected an export (config.json or model.json), export/ "
+                          "or checkpoints/*.ckpt.")
     return p
 
 
-def load_model(path: str | Path) -> tuple[Any, Any]:
-    """(TextClassifier in eval mode, tokenizer) from an export folder or an sft checkpoint."""
+def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """``(classifier in eval mode, data inputs)`` from an export folder, a run folder or an sft checkpoint.
+
+    The data inputs are what the model's DataModule needs to feed it: ``{"tokenizer": ...}`` for text,
+    ``{"preprocess": {...}}`` (resize, crop, normalisation) for images.
+    """
+    import torch
+
+    p = resolve_model_path(path)
+    if p.is_dir() and (p / "model.json").is_file():
+        from sft.models.vision import ImageClassifier
+
+        model, preprocess = ImageClassifier.from_export(p)
+        return model, {"preprocess": preprocess}
+    if p.is_file() and "arch" in torch.load(p, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {}):
+        from sft.models.vision import ImageClassifier
+
+        model, preprocess = ImageClassifier.from_checkpoint(p)
+        return model, {"preprocess": preprocess}
     from sft.models.backbones import load_tokenizer
     from sft.models.classifier import TextClassifier
 
-    p = resolve_model_path(path)
     if p.is_dir():
         config = json.loads((p / "config.json").read_text())
         id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
         model = TextClassifier(str(p), num_labels=len(id2label), id2label=id2label).eval()
-        return model, load_tokenizer(str(p))
+        return model, {"tokenizer": load_tokenizer(str(p))}
     model = TextClassifier.from_checkpoint(str(p))
     # The tokenizer: the run's export/ when present, else where the model came from.
     run_export = p.parent.parent / "export"
     tokenizer_source = run_export if (run_export / "tokenizer_config.json").is_file() else model.hparams.name_or_path
-    return model, load_tokenizer(str(tokenizer_source))
+    return model, {"tokenizer": load_tokenizer(str(tokenizer_source))}
 
 
 def label_names(model: Any) -> list[str]:
@@ -65,3 +89,22 @@ def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int 
             logits = model(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device))
             probs[idx] = logits.float().softmax(-1).cpu()
     return probs
+
+
+def predict_image_proba(model: Any, preprocess: dict[str, Any], paths: list[str], batch_size: int = 32) -> Any:
+    """Class probabilities, one row per image file in the given order. Every file is checked first, so an
+    unreadable one is a clear error naming it, before any work."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from sft.data.image import ImageDataset, build_transforms
+    from sft.data.image_sources import check_images
+
+    check_images([(p, "") for p in paths])
+    dataset = ImageDataset([(p, 0) for p in paths], build_transforms(preprocess, train=False))
+    probs = []
+    model.eval()
+    with torch.inference_mode():
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            probs.append(model.logits({"pixel_values": batch["pixel_values"].to(model.device)}).float().softmax(-1).cpu())
+    return torch.cat(probs)

@@ -1,10 +1,13 @@
-"""``python -m sft.predict MODEL [--input FILE|-] [--output FILE]``: labels and class probabilities.
+"""``python -m sft.predict MODEL [--input FILE|FOLDER|-] [--output FILE]``: labels and class probabilities.
 
-Input: a .txt file (one text per line), a .csv / .tsv / .jsonl file (``--text-column``), or stdin
-(one text per line). Output rows keep the input order: text, label, confidence and one
-``prob_<label>`` column per class; CSV or JSONL by the output suffix (``--format`` for stdout).
+Text models: a .txt file (one text per line), a .csv / .tsv / .jsonl file (``--text-column``), or stdin
+(one text per line). Image models: an image file, a folder (its images, recursively, in sorted order),
+or a text file / stdin listing image paths, one per line. Output rows keep the input order: the text
+(or path), label, confidence and one ``prob_<label>`` column per class; CSV or JSONL by the output
+suffix (``--format`` for stdout).
 
     echo "a gripping, beautifully acted film" | python -m sft.predict outputs/runs/<run>
+    python -m sft.predict outputs/runs/<image run> --input photos/ --output predictions.csv
 """
 
 from __future__ import annotations
@@ -46,18 +49,61 @@ def read_texts(source: str, text_column: str) -> list[str]:
     return [line.rstrip("\n") for line in path.open(encoding="utf-8") if line.strip()]
 
 
-def predict_rows(model_path: str, texts: list[str], max_length: int = 128, batch_size: int = 64) -> list[dict]:
-    from sft.inference import label_names, load_model, predict_proba
+def read_image_paths(source: str) -> list[str]:
+    """Image files from an image, a folder (recursively, sorted) or a list of paths (a text file or stdin)."""
+    import os
 
-    model, tokenizer = load_model(model_path)
-    names = label_names(model)
-    probs = predict_proba(model, tokenizer, texts, max_length=max_length, batch_size=batch_size)
+    from sft.data.image_sources import IMAGE_EXTENSIONS, is_image_file
+
+    if source == "-":
+        listed = [line.strip() for line in sys.stdin if line.strip()]
+        origin = "stdin"
+    else:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            found = sorted(os.path.join(d, f) for d, _, files in os.walk(path, followlinks=True)
+                           for f in files if is_image_file(f))
+            if not found:
+                raise DataError(f"--input {source!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in that folder.")
+            return found
+        if not path.is_file():
+            raise DataError(f"--input {source!r}: no such file or folder.")
+        if is_image_file(path):
+            return [str(path)]
+        listed = [line.strip() for line in path.open(encoding="utf-8") if line.strip()]
+        origin = str(path)
+    for line_no, item in enumerate(listed, start=1):
+        if not Path(item).expanduser().is_file():
+            raise DataError(f"{origin}:{line_no}: {item!r} is not an image file.")
+    return [str(Path(item).expanduser()) for item in listed]
+
+
+def prediction_rows(names: list[str], inputs: list[str], probs: list[list[float]], key: str) -> list[dict]:
     rows = []
-    for text, p in zip(texts, probs.tolist(), strict=True):
+    for item, p in zip(inputs, probs, strict=True):
         best = max(range(len(names)), key=p.__getitem__)
-        rows.append({"text": text, "label": names[best], "confidence": p[best],
+        rows.append({key: item, "label": names[best], "confidence": p[best],
                      **{f"prob_{name}": value for name, value in zip(names, p, strict=True)}})
     return rows
+
+
+def predict_rows(model_path: str, texts: list[str], max_length: int = 128, batch_size: int = 64) -> list[dict]:
+    """Rows for texts, loading a text model from ``model_path``."""
+    from sft.inference import load_model
+
+    model, inputs = load_model(model_path)
+    return predict_with(model, inputs, texts, max_length, batch_size)
+
+
+def predict_with(model, inputs: dict, items: list[str], max_length: int = 128, batch_size: int = 64) -> list[dict]:
+    from sft.inference import label_names, predict_image_proba, predict_proba
+
+    names = label_names(model)
+    if model.modality == "image":
+        probs = predict_image_proba(model, inputs["preprocess"], items, batch_size=batch_size)
+        return prediction_rows(names, items, probs.tolist(), "path")
+    probs = predict_proba(model, inputs["tokenizer"], items, max_length=max_length, batch_size=batch_size)
+    return prediction_rows(names, items, probs.tolist(), "text")
 
 
 def write_rows(rows: list[dict], out, fmt: str) -> None:
@@ -75,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sft.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="run folder, export/ folder or .ckpt file")
-    parser.add_argument("--input", default="-", help="text file, .csv/.tsv/.jsonl, or - for stdin (default)")
+    parser.add_argument("--input", default="-", help="text models: a text file, .csv/.tsv/.jsonl, or - for stdin "
+                        "(default); image models: an image, a folder, or a list of paths (file or stdin)")
     parser.add_argument("--output", help="write here (.csv or .jsonl); default stdout")
     parser.add_argument("--format", choices=["csv", "jsonl"], help="output format (default: from --output, else csv)")
     parser.add_argument("--text-column", default="text")
@@ -83,10 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     try:
-        texts = read_texts(args.input, args.text_column)
-        if not texts:
-            raise DataError(f"--input {args.input!r}: no texts to predict.")
-        rows = predict_rows(args.model, texts, args.max_length, args.batch_size)
+        from sft.inference import load_model
+
+        model, inputs = load_model(args.model)
+        items = read_image_paths(args.input) if model.modality == "image" else read_texts(args.input, args.text_column)
+        if not items:
+            raise DataError(f"--input {args.input!r}: nothing to predict.")
+        rows = predict_with(model, inputs, items, args.max_length, args.batch_size)
     except SftError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

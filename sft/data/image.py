@@ -25,8 +25,23 @@ def build_transforms(preprocess: dict[str, Any], train: bool, augment: bool = Tr
                       *normalize])
 
 
-class ImageFiles(Dataset):
-    def __init__(self, rows: list[tuple[str, int]], transform: Any):
+def with_image_size(preprocess: dict[str, Any], image_size: int | None) -> dict[str, Any]:
+    """``preprocess`` with the crop set to ``image_size`` and the resize scaled by the same factor
+    (256 / 224 stays the ratio): smaller inputs for speed, or native resolution for small images."""
+    if image_size is None:
+        return dict(preprocess)
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ConfigError(f"data.image_size={image_size!r} must be an integer of at least 8 (pixels), or null "
+                          "for the size the weights expect.")
+    resize = round(image_size * preprocess["resize"] / preprocess["crop"])
+    return {**preprocess, "crop": image_size, "resize": resize}
+
+
+class ImageDataset(Dataset):
+    """``(image, label index)`` rows, where an image is a file path or an HWC uint8 array, decoded to RGB
+    (grayscale, palette and RGBA images converted) and transformed on access."""
+
+    def __init__(self, rows: list[tuple[Any, int]], transform: Any):
         self.rows, self.transform = rows, transform
 
     def __len__(self) -> int:
@@ -35,9 +50,12 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         from PIL import Image
 
-        path, label = self.rows[i]
-        with Image.open(path) as img:
-            pixels = self.transform(img.convert("RGB"))
+        item, label = self.rows[i]
+        if isinstance(item, str):
+            with Image.open(item) as img:
+                pixels = self.transform(img.convert("RGB"))
+        else:
+            pixels = self.transform(Image.fromarray(item).convert("RGB"))
         return {"pixel_values": pixels, "labels": torch.tensor(label)}
 
 
@@ -48,7 +66,8 @@ class ImageDataModule(ClassificationDataModule):
     """
 
     def __init__(self, source: Any, preprocess: dict[str, Any], batch_size: int = 32, augment: bool = True,
-                 num_workers: int = 0, seed: int = 0, label_names: list[str] | None = None):
+                 image_size: int | None = None, num_workers: int = 0, seed: int = 0,
+                 label_names: list[str] | None = None, eval_batch_size: int | None = None):
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size!r} must be a positive integer.")
@@ -56,11 +75,12 @@ class ImageDataModule(ClassificationDataModule):
 
         if isinstance(preprocess, DictConfig):  # passed through hydra.utils.instantiate
             preprocess = OmegaConf.to_container(preprocess)
-        self.source, self.preprocess = source, dict(preprocess)
+        self.source, self.preprocess = source, with_image_size(dict(preprocess), image_size)
         self.batch_size, self.augment, self.num_workers, self.seed = batch_size, augment, num_workers, seed
+        self.eval_batch_size = eval_batch_size or batch_size
         self.fixed_label_names = list(label_names) if label_names else None
         self.splits: Any = None
-        self.datasets: dict[str, ImageFiles] = {}
+        self.datasets: dict[str, ImageDataset] = {}
 
     def load_splits(self) -> Any:
         if self.splits is None:
@@ -79,11 +99,11 @@ class ImageDataModule(ClassificationDataModule):
         splits = self.load_splits()
         ids = {name: i for i, name in enumerate(splits.label_names)}
         for name in ("train", "val", "test"):
-            rows = [(path, ids[label]) for path, label in getattr(splits, name)]
-            self.datasets[name] = ImageFiles(rows, build_transforms(self.preprocess, train=name == "train",
+            rows = [(item, ids[label]) for item, label in getattr(splits, name)]
+            self.datasets[name] = ImageDataset(rows, build_transforms(self.preprocess, train=name == "train",
                                                                     augment=self.augment))
 
-    def _loader(self, dataset: ImageFiles, **kwargs: Any) -> DataLoader:
+    def _loader(self, dataset: ImageDataset, **kwargs: Any) -> DataLoader:
         return DataLoader(dataset, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available(),
                           generator=torch.Generator().manual_seed(self.seed), **kwargs)
@@ -96,7 +116,7 @@ class ImageDataModule(ClassificationDataModule):
         return self._loader(dataset, batch_sampler=sampler)
 
     def eval_dataloader(self, split: str) -> DataLoader:
-        return self._loader(self.datasets[split], batch_size=self.batch_size, shuffle=False)
+        return self._loader(self.datasets[split], batch_size=self.eval_batch_size, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")
@@ -112,3 +132,13 @@ def image_folder(path: str | None = None, train: str | None = None, val: str | N
     from sft.data.image_sources import ImageFolderSource
 
     return ImageDataModule(ImageFolderSource(path, train, val, test, skip_bad_images), **loader)
+
+
+def cifar10(path: str | None = None, download: bool = True, val_size: float | int = 0.1, test_size: float | int = 0.2,
+            **loader: Any) -> ImageDataModule:
+    """CIFAR-10: the official batches, an .npz of images, or a torchvision download (see sft.data.cifar10);
+    named by conf/data/cifar10.yaml."""
+    from sft.data.cifar10 import Cifar10Source
+
+    # The split seed is fixed (not the run seed): runs that differ only in seed see the same val / test.
+    return ImageDataModule(Cifar10Source(path, download, val_size, test_size), **loader)

@@ -19,12 +19,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sft.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-ImageExample = tuple[str, str]  # (file path, label name)
+ImageExample = tuple[Any, str]  # (file path, or an HWC uint8 numpy array; label name)
 SPLITS = ("train", "val", "test")
 # Exactly torchvision.datasets.folder.IMG_EXTENSIONS; matched case-insensitively, as ImageFolder does.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -86,12 +87,13 @@ class ImageSplits:
         return self
 
     def fingerprint(self) -> str:
-        """Cheap content hash: relative paths, labels, file sizes and mtimes (no decoding).
+        """Cheap content hash: labels plus, per image, its relative path, size and mtime (files; no
+        decoding) or its pixel bytes (in-memory arrays, e.g. CIFAR-10).
 
-        Changes when a file is added, removed, renamed, relabelled or rewritten; moving the whole data
+        Changes when an image is added, removed, renamed, relabelled or rewritten; moving the whole data
         folder elsewhere keeps it (paths are hashed relative to the folder common to all files).
         """
-        paths = [os.path.abspath(p) for name in SPLITS for p, _ in self.split(name)]
+        paths = [os.path.abspath(p) for name in SPLITS for p, _ in self.split(name) if isinstance(p, str)]
         root = os.path.commonpath(paths) if paths else ""
         if paths and os.path.isfile(root):  # a single file: hash its name
             root = os.path.dirname(root)
@@ -99,10 +101,14 @@ class ImageSplits:
         digest.update(json.dumps(self.label_names).encode())
         for name in SPLITS:
             digest.update(f"\x00{name}\x00".encode())
-            for path, label in self.split(name):
-                rel = os.path.relpath(os.path.abspath(path), root)
-                st = os.stat(path)
-                digest.update(f"{rel}\x1f{label}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1e".encode())
+            for item, label in self.split(name):
+                if isinstance(item, str):
+                    rel = os.path.relpath(os.path.abspath(item), root)
+                    st = os.stat(item)
+                    digest.update(f"{rel}\x1f{label}\x1f{st.st_size}\x1f{st.st_mtime_ns}\x1e".encode())
+                else:  # an in-memory image (numpy array)
+                    digest.update(f"{item.shape}\x1f{label}\x1f".encode())
+                    digest.update(item.tobytes())
         return digest.hexdigest()[:16]
 
 

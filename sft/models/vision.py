@@ -146,11 +146,41 @@ class ImageClassifier(Classifier):
         torch.save(self.model.state_dict(), out / "model.pt")
         library = "timm" if self.hparams.arch == "efficientnet_lite0" else "torchvision"
         info = {"library": library, "arch": "tf_efficientnet_lite0" if library == "timm" else self.hparams.arch,
-                "num_classes": self.hparams.num_labels, "head": self.head,
+                "sft_arch": self.hparams.arch, "num_classes": self.hparams.num_labels, "head": self.head,
                 "label_names": [self.id2label[i] for i in range(len(self.id2label))],
                 "preprocess": datamodule.preprocess}
         (out / "model.json").write_text(json.dumps(info, indent=2))
         return out
+
+    @classmethod
+    def from_export(cls, folder: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
+        """``(model in eval mode, preprocess)`` from an :meth:`export` folder."""
+        import json
+
+        folder = Path(folder)
+        info = json.loads((folder / "model.json").read_text())
+        names = info["label_names"]
+        model = cls(info.get("sft_arch", info["arch"]), weights=None, num_labels=len(names),
+                    id2label=dict(enumerate(names)))
+        model.model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+        return model.eval(), info["preprocess"]
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> tuple[ImageClassifier, dict[str, Any]]:
+        """``(model in eval mode, preprocess)`` from an sft checkpoint alone (no pretrained weights needed)."""
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        hp = checkpoint["hyper_parameters"]
+        model = cls(hp["arch"], weights=None, num_labels=hp["num_labels"], id2label=hp["id2label"],
+                    freeze=hp.get("freeze", "none"), monitor=hp.get("monitor", "val/acc"))
+        model.load_state_dict(checkpoint["state_dict"])
+        preprocess = checkpoint.get("preprocess") or preprocess_for(hp["arch"], hp.get("weights"))
+        return model.eval(), preprocess
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "preprocess"):
+            checkpoint["preprocess"] = dict(datamodule.preprocess)  # what inference must repeat
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values)

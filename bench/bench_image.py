@@ -158,7 +158,9 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     model.train()
     steps = images = 0
+    step_s: list[float] = []  # per batch, data loading included (sft: batch start to batch start)
     for _ in range(args.epochs):
+        t = time.perf_counter()
         for x, y in loader:
             loss = loss_fn(model(x), y)
             loss.backward()
@@ -166,6 +168,9 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             steps += 1
             images += len(y)
+            now = time.perf_counter()
+            step_s.append(now - t)
+            t = now
     train_s = time.perf_counter() - started
 
     val_started = time.perf_counter()
@@ -176,7 +181,7 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
             correct += int((model(x).argmax(-1) == y).sum())
     return {"train_s": train_s, "images": images, "steps": steps, "val_acc": correct / len(val_ds),
             "val_images": len(val_ds), "val_s": time.perf_counter() - val_started, "init_param_sum": init_sum,
-            "precision": "fp32", "final_train_loss": float(loss), "notes": "fused AdamW, ImageFolder"}
+            "step_s": step_s, "precision": "fp32", "final_train_loss": float(loss), "notes": "fused AdamW, ImageFolder"}
 
 
 # ============================================================================ peers: sft
@@ -204,6 +209,8 @@ def sft_bench_timer() -> Any:
             self.images = 0
             self.steps = 0
             self.init_param_sum: float | None = None
+            self.step_s: list[float] = []
+            self._step_mark: float | None = None
             self._val_start: float | None = None
             self._in_val = False
             self._wrapped = False
@@ -235,12 +242,23 @@ def sft_bench_timer() -> Any:
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
             self.train_start = time.perf_counter()
 
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            self._step_mark = time.perf_counter()
+
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
             self.train_end = time.perf_counter()
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             self.images += len(batch["labels"])
             self.steps += 1
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+            # Batch loading (before on_train_batch_start) through this batch's hooks (last.ckpt writes
+            # and logging included): comparable with the plain loop's per-batch time.
+            now = time.perf_counter()
+            if self._step_mark is not None:
+                self.step_s.append(now - self._step_mark)
+            self._step_mark = now
 
         def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
             if trainer.state.fn == "fit" and not trainer.sanity_checking:
@@ -259,7 +277,8 @@ def sft_bench_timer() -> Any:
             val_pure = self.val_s - self.ckpt_in_val_s
             return {"train_s": total - val_pure, "fit_loop_s": total, "val_in_fit_s": val_pure,
                     "n_val_in_fit": self.n_val, "ckpt_s": self.ckpt_s, "n_ckpt": self.n_ckpt,
-                    "images": self.images, "steps": self.steps, "init_param_sum": self.init_param_sum}
+                    "images": self.images, "steps": self.steps, "init_param_sum": self.init_param_sum,
+                    "step_s": self.step_s}
 
     timer = BenchTimer()
     _SFT_TIMERS.append(timer)
@@ -292,7 +311,9 @@ def sft_overrides(args: argparse.Namespace, checkpoints: bool, output_dir: Path)
     if checkpoints:
         overrides += ["callbacks.progress_bar=null"]
     else:
-        overrides += ["callbacks=none"]
+        # callbacks=none alone still leaves Lightning's own default ModelCheckpoint (enable_checkpointing
+        # defaults to true), which writes <run>/logs/checkpoints/epoch=...ckpt after every epoch.
+        overrides += ["callbacks=none", "++trainer.enable_checkpointing=false"]
     return overrides + ["++callbacks.bench_timer._target_=__main__.sft_bench_timer"]
 
 
@@ -430,6 +451,8 @@ def summarize(runs: list[dict[str, Any]], peers: list[str]) -> list[dict[str, An
             "images_per_s_all": ips,
             "val_acc": statistics.median(r["val_acc"] for r in ok),
             "ckpt_s": statistics.median(r["ckpt_s"] for r in ok) if "ckpt_s" in ok[0] else None,
+            # Steady state: the median batch time of each run, its first batch (warm-up) left out.
+            "median_step_s": statistics.median(statistics.median(r["step_s"][1:] or r["step_s"]) for r in ok),
             "init_param_sum": ok[0].get("init_param_sum"),
             "notes": ok[0].get("notes", ""),
         })
@@ -441,9 +464,9 @@ def summarize(runs: list[dict[str, Any]], peers: list[str]) -> list[dict[str, An
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| peer | status | runs | train s | images | images/s | images/s range | vs plain | val acc | "
-             "peak RSS MiB | ckpt s | notes |",
-             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+    lines = ["| peer | status | runs | train s | images | images/s | images/s range | vs plain | median step s | "
+             "val acc | peak RSS MiB | ckpt s | notes |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         ok = "images_per_s" in r
         spread = (f"{min(r['images_per_s_all']):.2f}-{max(r['images_per_s_all']):.2f}"
@@ -453,7 +476,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['peer']} | {r['status']} | {r['runs']} | {fmt(r.get('train_s'), '.1f')} | "
             f"{fmt(r.get('images'), 'd')} | {fmt(r.get('images_per_s'), '.2f')} | {spread} | "
             f"{fmt(r.get('vs_plain'), '.3f') + 'x' if r.get('vs_plain') else 'n/a'} | "
-            f"{fmt(r.get('val_acc'), '.4f')} | {fmt(r.get('peak_rss_mib'), '.0f')} | "
+            f"{fmt(r.get('median_step_s'), '.2f')} | {fmt(r.get('val_acc'), '.4f')} | {fmt(r.get('peak_rss_mib'), '.0f')} | "
             f"{fmt(r.get('ckpt_s'), '.2f')} | {notes} |"
         )
     return "\n".join(lines)

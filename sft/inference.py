@@ -8,7 +8,6 @@ from typing import Any
 
 from sft.errors import ConfigError
 
-
 EXPORT_MARKERS = ("config.json", "model.json")  # text (save_pretrained) / image export folders
 
 

@@ -76,6 +76,29 @@ def tiny_cfg(compose_cfg, tiny_bert: str, tmp_path: Path):
     return _cfg
 
 
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two easily separable classes (reddish vs bluish noise), train and val, with a grayscale and an RGBA file."""
+    import torch
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 24), ("val", 8)):
+        for label, channel in (("blue", 2), ("red", 0)):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = (torch.rand(48, 48, 3, generator=gen) * 80).to(torch.uint8)
+                pixels[..., channel] += 150
+                img = Image.fromarray(pixels.numpy())
+                if i == 0:
+                    img = img.convert("RGBA")
+                img.save(folder / f"{i}.png")
+    Image.new("L", (48, 48), 128).save(root / "train" / "red" / "gray.png")
+    return root
+
+
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -17,28 +17,6 @@ from sft.models.vision import ImageClassifier, build_image_model, preprocess_for
 TINY = {"resize": 40, "crop": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear"}
 
 
-@pytest.fixture(scope="module")
-def image_root(tmp_path_factory) -> Path:
-    """Two easily separable classes (reddish vs bluish noise), train and val, with a grayscale and an RGBA file."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("images")
-    gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", 24), ("val", 8)):
-        for label, channel in (("blue", 2), ("red", 0)):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = (torch.rand(48, 48, 3, generator=gen) * 80).to(torch.uint8)
-                pixels[..., channel] += 150
-                img = Image.fromarray(pixels.numpy())
-                if i == 0:
-                    img = img.convert("RGBA")
-                img.save(folder / f"{i}.png")
-    Image.new("L", (48, 48), 128).save(root / "train" / "red" / "gray.png")
-    return root
-
-
 def fit(model: ImageClassifier, dm: ImageDataModule, tmp_path: Path, epochs: int = 2) -> dict[str, float]:
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path, deterministic="warn")

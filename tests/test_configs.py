@@ -39,11 +39,15 @@ def test_every_group_has_options():
 def test_every_option_composes(compose_cfg, group):
     for option in options(group):
         extra = {"text_file": ["data.train=x.csv"], "imagefolder": ["data.path=x"]}.get(option, [])
+        if group == "experiment" and option in IMAGE_EXPERIMENTS:
+            extra = []
         cfg = compose_cfg(f"{group}={option}", "output_dir=/tmp/x", *extra)
         assert cfg.seed is not None and "trainer" in cfg, (group, option)
 
 
 IMAGE_MODELS = {"efficientnet_lite0", "resnet18", "resnet50", "efficientnet_b0", "vit_b_16"}
+IMAGE_DATA = {"imagefolder", "cifar10"}
+IMAGE_EXPERIMENTS = {"lite0_hymenoptera"}
 
 
 @pytest.mark.parametrize("option", options("model"))
@@ -87,13 +91,25 @@ def image_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def cifar_npz(tmp_path_factory) -> Path:
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("cifar") / "pool.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, data=rng.integers(0, 256, size=(40, 3072), dtype=np.uint8), labels=np.arange(40) % 2,
+             label_names=np.array(["cat", "dog"]))
+    return path
+
+
 @pytest.mark.parametrize("option", options("data"))
-def test_data_options(compose_cfg, minilm_path, glue_dir, image_dir, tmp_path, option):
+def test_data_options(compose_cfg, minilm_path, glue_dir, image_dir, cifar_npz, tmp_path, option):
     extra = {"sst2": [f"data.path={glue_dir}", "data.val_size=6"],
              "text_file": [f"data.train={glue_dir / 'train.tsv'}", "data.text_column=sentence"],
-             "imagefolder": [f"data.path={image_dir}", "data.batch_size=4"]}.get(option, [])
+             "imagefolder": [f"data.path={image_dir}", "data.batch_size=4"],
+             "cifar10": [f"data.path={cifar_npz}", "data.batch_size=4", "data.image_size=32"]}.get(option, [])
     cfg = compose_cfg(f"data={option}", "output_dir=/tmp/x", *extra)
-    if option == "imagefolder":
+    if option in IMAGE_DATA:
         from sft.models.vision import preprocess_for
 
         dm = build(cfg.data, preprocess=preprocess_for("efficientnet_lite0"), seed=0)
@@ -102,7 +118,7 @@ def test_data_options(compose_cfg, minilm_path, glue_dir, image_dir, tmp_path, o
     dm.prepare_data()
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    expected = {"pixel_values", "labels"} if option == "imagefolder" else {"input_ids", "attention_mask", "labels"}
+    expected = {"pixel_values", "labels"} if option in IMAGE_DATA else {"input_ids", "attention_mask", "labels"}
     assert set(batch) == expected
     assert len(dm.label_names) == 2 and all(len(dm.datasets[s]) > 0 for s in ("train", "val", "test"))
 
@@ -199,10 +215,14 @@ def test_callbacks_options(compose_cfg, option, tmp_path):
 
 
 @pytest.mark.parametrize("option", options("experiment"))
-def test_experiment_presets_run_with_fast_dev_run(compose_cfg, tiny_bert, glue_dir, tmp_path, option):
-    cfg = compose_cfg(f"experiment={option}", "debug=fast_dev_run", f"model.name_or_path={tiny_bert}",
-                      f"output_dir={tmp_path}", *FAST, "data.val_size=6" if option != "quickstart" else "seed=0",
-                      *([f"data.path={glue_dir}", "data.train_size=null"] if option != "quickstart" else []))
+def test_experiment_presets_run_with_fast_dev_run(compose_cfg, tiny_bert, glue_dir, image_dir, tmp_path, option):
+    if option in IMAGE_EXPERIMENTS:  # the packaged EfficientNet-Lite0 on a tiny image folder
+        extra = [f"data.path={image_dir}", "data.batch_size=4"]
+    elif option == "quickstart":
+        extra = [f"model.name_or_path={tiny_bert}"]
+    else:
+        extra = [f"model.name_or_path={tiny_bert}", f"data.path={glue_dir}", "data.train_size=null", "data.val_size=6"]
+    cfg = compose_cfg(f"experiment={option}", "debug=fast_dev_run", f"output_dir={tmp_path}", *FAST, *extra)
     metrics = train(cfg)
     assert metrics["fit/global_step"] == 1 and "test/acc" in metrics
 

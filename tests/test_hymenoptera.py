@@ -1,0 +1,35 @@
+"""Real data: the packaged EfficientNet-Lite0 on the hymenoptera ants/bees folders (../shared/data),
+as a linear probe and fully fine-tuned, through experiment=lite0_hymenoptera."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import FAST, SHARED_DATA
+
+HYMENOPTERA = SHARED_DATA / "hymenoptera"
+needs_hymenoptera = pytest.mark.skipif(
+    not (HYMENOPTERA / "train").is_dir(),
+    reason=f"hymenoptera images not found at {HYMENOPTERA} (the ../shared/data folder is absent)")
+
+
+def run(compose_cfg, tmp_path, *overrides: str) -> dict[str, float]:
+    from sft.train import train
+
+    cfg = compose_cfg("experiment=lite0_hymenoptera", f"data.path={HYMENOPTERA}", f"output_dir={tmp_path / 'run'}",
+                      *FAST, *overrides)
+    return train(cfg)
+
+
+@needs_hymenoptera
+def test_linear_probe_reaches_090(compose_cfg, tmp_path):
+    metrics = run(compose_cfg, tmp_path, "freeze=backbone", "optimizer.lr=1e-3", "trainer.max_epochs=3")
+    assert metrics["val/acc"] >= 0.90, metrics
+
+
+@needs_hymenoptera
+@pytest.mark.slow
+def test_full_fine_tune_reaches_090(compose_cfg, tmp_path):
+    metrics = run(compose_cfg, tmp_path, "trainer.max_epochs=3")
+    assert metrics["fit/epochs"] == 3
+    assert metrics["val/acc"] >= 0.90, metrics

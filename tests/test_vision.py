@@ -110,3 +110,22 @@ def test_text_model_on_image_data_is_a_clear_error(compose_cfg, image_root, tmp_
     cfg = compose_cfg("data=imagefolder", f"data.path={image_root}", f"output_dir={tmp_path}")
     with pytest.raises(ConfigError, match="takes text data"):
         train(cfg)
+
+
+def test_efficientnet_lite0_export_loads_with_timm_alone(image_root, tmp_path):
+    import json
+
+    import timm
+
+    dm = ImageDataModule(ImageFolderSource(str(image_root)), preprocess_for("efficientnet_lite0"))
+    model = ImageClassifier("efficientnet_lite0", num_labels=2, id2label=dm.id2label).eval()
+    out = model.export(tmp_path / "export", dm)
+    info = json.loads((out / "model.json").read_text())
+    assert info["library"] == "timm" and info["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    net = timm.create_model(info["arch"], num_classes=info["num_classes"])
+    net.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    x = torch.randn(2, 3, 224, 224)
+    assert torch.allclose(net.eval()(x), model(x), atol=1e-5)
+    reloaded, preprocess = ImageClassifier.from_export(out)
+    assert preprocess == info["preprocess"] and reloaded.id2label == {0: "blue", 1: "red"}
+    assert torch.allclose(reloaded(x), model(x), atol=1e-5)

@@ -61,6 +61,7 @@ LR = 1e-3
 WEIGHT_DECAY = 0.01  # sft's adamw default; applied to weight matrices only, as sft's build_optimizer does
 THREADS = 2
 TARGET = 0.97  # issue #3: sft's images/s within 3% of the plain loop's
+CONTENDED = 0.85  # a run that got less than this share of THREADS cores of CPU time was probably contended
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -84,6 +85,12 @@ def cpu_flags_summary() -> str:
         return "unknown"
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
     return ",".join(f for f in wanted if f in flags) or "none of " + ",".join(wanted)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mib() -> float:
@@ -155,7 +162,7 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
                                    {"params": no_decay, "weight_decay": 0.0}], lr=LR, fused=True)
     loss_fn = torch.nn.CrossEntropyLoss()
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     model.train()
     steps = images = 0
     step_s: list[float] = []  # per batch, data loading included (sft: batch start to batch start)
@@ -172,6 +179,7 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
             step_s.append(now - t)
             t = now
     train_s = time.perf_counter() - started
+    cpu_util = (cpu_seconds() - cpu_started) / train_s
 
     val_started = time.perf_counter()
     model.eval()
@@ -181,7 +189,8 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
             correct += int((model(x).argmax(-1) == y).sum())
     return {"train_s": train_s, "images": images, "steps": steps, "val_acc": correct / len(val_ds),
             "val_images": len(val_ds), "val_s": time.perf_counter() - val_started, "init_param_sum": init_sum,
-            "step_s": step_s, "precision": "fp32", "final_train_loss": float(loss), "notes": "fused AdamW, ImageFolder"}
+            "step_s": step_s, "cpu_util": cpu_util, "precision": "fp32", "final_train_loss": float(loss),
+            "notes": "fused AdamW, ImageFolder"}
 
 
 # ============================================================================ peers: sft
@@ -201,6 +210,7 @@ def sft_bench_timer() -> Any:
     class BenchTimer(L.Callback):
         def __init__(self) -> None:
             self.train_start = self.train_end = None
+            self.cpu_start = self.cpu_end = 0.0
             self.val_s = 0.0
             self.ckpt_s = 0.0
             self.ckpt_in_val_s = 0.0
@@ -240,13 +250,13 @@ def sft_bench_timer() -> Any:
             self.init_param_sum = param_checksum(pl_module.model)
 
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            self.train_start = time.perf_counter()
+            self.train_start, self.cpu_start = time.perf_counter(), cpu_seconds()
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
             self._step_mark = time.perf_counter()
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-            self.train_end = time.perf_counter()
+            self.train_end, self.cpu_end = time.perf_counter(), cpu_seconds()
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             self.images += len(batch["labels"])
@@ -278,7 +288,7 @@ def sft_bench_timer() -> Any:
             return {"train_s": total - val_pure, "fit_loop_s": total, "val_in_fit_s": val_pure,
                     "n_val_in_fit": self.n_val, "ckpt_s": self.ckpt_s, "n_ckpt": self.n_ckpt,
                     "images": self.images, "steps": self.steps, "init_param_sum": self.init_param_sum,
-                    "step_s": self.step_s}
+                    "step_s": self.step_s, "cpu_util": (self.cpu_end - self.cpu_start) / total if total else None}
 
     timer = BenchTimer()
     _SFT_TIMERS.append(timer)
@@ -452,6 +462,7 @@ def summarize(runs: list[dict[str, Any]], peers: list[str]) -> list[dict[str, An
             "val_acc": statistics.median(r["val_acc"] for r in ok),
             "ckpt_s": statistics.median(r["ckpt_s"] for r in ok) if "ckpt_s" in ok[0] else None,
             # Steady state: the median batch time of each run, its first batch (warm-up) left out.
+            "cpu_util": statistics.median(r["cpu_util"] for r in ok),
             "median_step_s": statistics.median(statistics.median(r["step_s"][1:] or r["step_s"]) for r in ok),
             "init_param_sum": ok[0].get("init_param_sum"),
             "notes": ok[0].get("notes", ""),
@@ -465,8 +476,8 @@ def summarize(runs: list[dict[str, Any]], peers: list[str]) -> list[dict[str, An
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| peer | status | runs | train s | images | images/s | images/s range | vs plain | median step s | "
-             "val acc | peak RSS MiB | ckpt s | notes |",
-             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+             "CPU cores used | val acc | peak RSS MiB | ckpt s | notes |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         ok = "images_per_s" in r
         spread = (f"{min(r['images_per_s_all']):.2f}-{max(r['images_per_s_all']):.2f}"
@@ -476,7 +487,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['peer']} | {r['status']} | {r['runs']} | {fmt(r.get('train_s'), '.1f')} | "
             f"{fmt(r.get('images'), 'd')} | {fmt(r.get('images_per_s'), '.2f')} | {spread} | "
             f"{fmt(r.get('vs_plain'), '.3f') + 'x' if r.get('vs_plain') else 'n/a'} | "
-            f"{fmt(r.get('median_step_s'), '.2f')} | {fmt(r.get('val_acc'), '.4f')} | {fmt(r.get('peak_rss_mib'), '.0f')} | "
+            f"{fmt(r.get('median_step_s'), '.2f')} | {fmt(r.get('cpu_util'), '.2f')} | {fmt(r.get('val_acc'), '.4f')} | {fmt(r.get('peak_rss_mib'), '.0f')} | "
             f"{fmt(r.get('ckpt_s'), '.2f')} | {notes} |"
         )
     return "\n".join(lines)
@@ -572,6 +583,13 @@ def run_parent(args: argparse.Namespace) -> int:
         print(line)
     if same_init is not None:
         print(f"Same initial weights in every peer (parameter checksum): {'yes' if same_init else 'NO ' + str(sums)}")
+    contended = [f"{r['peer']}#{r['repeat']} ({r['cpu_util']:.2f})" for r in runs
+                 if r.get("status") == "ok" and r.get("cpu_util") is not None and r["cpu_util"] < CONTENDED * THREADS]
+    if contended:
+        print(f"WARNING: these runs used under {CONTENDED * THREADS:.1f} of their {THREADS} threads' CPU time while "
+              f"training, so something else was probably using the CPU and their timings are not comparable: "
+              f"{', '.join(contended)}")
+    report["contended_runs"] = contended
     report["table_markdown"] = table
     report["target"] = targets
     out = Path(args.output)

@@ -6,6 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sft.errors import ConfigError
 from sft.finetune import FREEZE_STRATEGIES
+from sft.finetune.strategy import FreezeSpec
 
 RESUME_VALUES = ("auto", True, False)
 
@@ -36,6 +37,7 @@ def check_config(cfg: DictConfig) -> None:
     strategy = OmegaConf.select(cfg, "freeze.strategy")
     if strategy not in FREEZE_STRATEGIES:
         raise ConfigError(f"freeze.strategy={strategy!r}: choose one of {list(FREEZE_STRATEGIES)}.")
+    FreezeSpec.parse(OmegaConf.to_container(cfg.freeze, resolve=True))  # k, milestones, lr_decay, head_lr
     for key in ("data.train_size", "data.shots_per_class"):
         value = OmegaConf.select(cfg, key)
         if value is not None and (not _number(value) or value <= 0):

@@ -19,11 +19,12 @@ from sft.errors import ConfigError
 
 
 def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: weight decay on weight matrices, none on biases and LayerNorm / norm weights."""
+    """Two groups: weight decay on weight matrices, none on biases and LayerNorm / norm weights.
+
+    Frozen parameters are included: they get no gradient, so the optimizer skips them, and the groups
+    stay the same when a strategy unfreezes them later (resume and schedulers see fixed groups)."""
     decay, no_decay = [], []
     for _, p in named_params:
-        if not p.requires_grad:
-            continue
         (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
@@ -46,19 +47,34 @@ def check_optimizer(factory: Callable) -> None:
         raise ConfigError(f"optimizer.weight_decay={wd!r} must be >= 0.")
 
 
-def build_optimizer(factory: Callable, named_params: list[tuple[str, nn.Parameter]], device: torch.device) -> torch.optim.Optimizer:
-    """Instantiate a ``_partial_`` optimizer over decay / no-decay groups; fused Adam(W) where supported."""
+def build_optimizer(factory: Callable, groups: dict[str, list[tuple[str, nn.Parameter]]], device: torch.device,
+                    spec: Any = None) -> torch.optim.Optimizer:
+    """Instantiate a ``_partial_`` optimizer: per model group (bottom to top), a decay and a no-decay
+    parameter group at ``lr * scale`` (layer-wise decay, head lr from ``spec``); fused Adam(W) where supported.
+    Each parameter group carries a ``name`` (``block3``, ``head/no_decay``) for the lr monitor."""
+    from sft.finetune.strategy import FreezeSpec
+
     check_optimizer(factory)
+    spec = FreezeSpec.parse(spec)
     kwargs = _factory_kwargs(factory)
     target = _factory_target(factory)
-    groups = decay_groups(named_params, float(kwargs.pop("weight_decay", 0.0) or 0.0))
-    if not groups:
-        raise ConfigError("No trainable parameters: the freeze strategy froze everything (check freeze=...).")
+    weight_decay = float(kwargs.pop("weight_decay", 0.0) or 0.0)
+    base_lr = kwargs.get("lr", inspect.signature(target).parameters["lr"].default)
+    if not isinstance(base_lr, int | float):
+        raise ConfigError(f"optimizer.lr is not set and {target.__name__} has no default learning rate.")
+    scales = spec.lr_scales(list(groups), float(base_lr))
+    param_groups = []
+    for name, named in groups.items():
+        for group in decay_groups(named, weight_decay):
+            suffix = "" if group["weight_decay"] else "/no_decay"
+            param_groups.append({**group, "name": f"{name}{suffix}", "lr": float(base_lr) * scales[name]})
+    if not param_groups:
+        raise ConfigError("The model has no parameters to optimize.")
     extra: dict[str, Any] = {}
     if target in (torch.optim.AdamW, torch.optim.Adam) and "fused" not in kwargs and "foreach" not in kwargs:
         # Fused kernels exist for CPU and CUDA; measured ~15% of step time on CPU for MiniLM.
         extra["fused"] = device.type in ("cpu", "cuda")
-    return target(groups, **kwargs, **extra)
+    return target(param_groups, **kwargs, **extra)
 
 
 def warmup_decay(optimizer: torch.optim.Optimizer, num_training_steps: int, kind: str = "linear",
@@ -88,6 +104,16 @@ def build_scheduler(factory: Callable | None, optimizer: torch.optim.Optimizer, 
     if factory is None:
         return None
     target = _factory_target(factory)
+    if target is torch.optim.lr_scheduler.OneCycleLR:
+        # OneCycle sets each group's lr from max_lr: default to the groups' own lrs, so layer-wise decay
+        # and the head lr survive (a scalar max_lr would flatten them).
+        kwargs = _factory_kwargs(factory)
+        max_lr = kwargs.pop("max_lr", None)
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        if max_lr is not None:  # scale every group's lr by max_lr / optimizer.lr, keeping their ratios
+            lrs = [lr * float(max_lr) / optimizer.defaults["lr"] for lr in lrs]
+        scheduler = target(optimizer, max_lr=lrs, total_steps=max(1, int(total_steps)), **kwargs)
+        return {"scheduler": scheduler, "interval": "step"}
     if "num_training_steps" in inspect.signature(target).parameters:
         return {"scheduler": factory(optimizer, num_training_steps=total_steps), "interval": "step"}
     scheduler = factory(optimizer)

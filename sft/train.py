@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sft.checks import check_config
 from sft.errors import ConfigError, SftError
@@ -126,7 +126,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         id2label=datamodule.id2label,
         optimizer=build(cfg.optimizer),
         scheduler=scheduler,
-        freeze=cfg.freeze.strategy,
+        freeze=OmegaConf.to_container(cfg.freeze, resolve=True),
         monitor=cfg.optimized_metric,
     )
 

@@ -129,7 +129,7 @@ def test_optimizer_options(compose_cfg, option):
 
     cfg = compose_cfg(f"optimizer={option}", "output_dir=/tmp/x")
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    optimizer = build_optimizer(build(cfg.optimizer), list(net.named_parameters()), torch.device("cpu"))
+    optimizer = build_optimizer(build(cfg.optimizer), {"all": list(net.named_parameters())}, torch.device("cpu"))
     assert type(optimizer).__name__.lower() == option
     decays = sorted(g["weight_decay"] for g in optimizer.param_groups)
     if option == "adamw":
@@ -145,7 +145,7 @@ def test_scheduler_options(compose_cfg, option):
     cfg = compose_cfg(f"scheduler={option}", "output_dir=/tmp/x")
     optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
     config = build_scheduler(build(cfg.scheduler), optimizer, total_steps=100, monitor="val/acc")
-    assert config["interval"] == ("step" if option in ("constant", "linear", "cosine") else "epoch")
+    assert config["interval"] == ("step" if option in ("constant", "linear", "cosine", "onecycle") else "epoch")
     if option == "plateau":
         assert config["monitor"] == "val/acc"
     if option in ("linear", "cosine"):
@@ -161,15 +161,22 @@ def test_scheduler_options(compose_cfg, option):
 
 @pytest.mark.parametrize("option", options("freeze"))
 def test_freeze_options(compose_cfg, tiny_bert, option):
+    from omegaconf import OmegaConf
+
     cfg = compose_cfg(f"freeze={option}", "output_dir=/tmp/x")
-    model = build(cfg.model, _partial_=True)(name_or_path=tiny_bert, num_labels=2, freeze=cfg.freeze.strategy)
+    model = build(cfg.model, _partial_=True)(name_or_path=tiny_bert, num_labels=2,
+                                             freeze=OmegaConf.to_container(cfg.freeze))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if option == "none":
         assert trainable == {n for n, _ in model.named_parameters()}
-    else:
-        assert trainable and all(not n.startswith("model.bert.") for n in trainable)
-        model.train()
-        assert not model.backbone.training and model.model.classifier.training  # no dropout in the frozen part
+        return
+    # backbone: the classifier only; bottom_k (k=2 of the tiny BERT's 2 layers) and gradual (at its start):
+    # pooler + classifier, the head group above the blocks.
+    allowed = ("model.classifier.",) if option == "backbone" else ("model.classifier.", "model.bert.pooler.")
+    assert trainable and all(n.startswith(allowed) for n in trainable), sorted(trainable)
+    model.train()
+    layers = model.model.bert.encoder.layer
+    assert not any(m.training for m in layers.modules()) and model.model.classifier.training  # frozen: no dropout
 
 
 @pytest.mark.parametrize("option", options("trainer"))

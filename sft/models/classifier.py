@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -16,9 +17,11 @@ from torchmetrics.classification import (
 )
 
 from sft.errors import ConfigError
-from sft.finetune import FREEZE_STRATEGIES
+from sft.finetune.strategy import FreezeSpec
 from sft.models.backbones import load_sequence_classifier, resolve_name_or_path
 from sft.optim import build_optimizer, build_scheduler, check_optimizer
+
+log = logging.getLogger(__name__)
 
 
 def stage_metrics(num_labels: int, prefix: str) -> MetricCollection:
@@ -49,12 +52,11 @@ class Classifier(L.LightningModule):
         id2label: dict[int, str] | None,
         optimizer: Callable[..., torch.optim.Optimizer] | None,
         scheduler: Callable[..., Any] | None,
-        freeze: str,
+        freeze: str | Mapping[str, Any] | FreezeSpec,
         monitor: str,
     ):
         super().__init__()
-        if freeze not in FREEZE_STRATEGIES:
-            raise ConfigError(f"freeze.strategy={freeze!r}: choose one of {list(FREEZE_STRATEGIES)}.")
+        self.freeze_spec = FreezeSpec.parse(freeze)
         if optimizer is not None:
             check_optimizer(optimizer)  # fail at build time, not after data preparation and a sanity check
         self.id2label = {int(k): str(v) for k, v in (id2label or {i: str(i) for i in range(num_labels)}).items()}
@@ -62,8 +64,12 @@ class Classifier(L.LightningModule):
             raise ConfigError(f"id2label has {len(self.id2label)} entries but num_labels={num_labels}.")
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.freeze = freeze
+        self.freeze = self.freeze_spec.strategy
         self.monitor = monitor
+        self._groups: dict[str, list[tuple[str, torch.nn.Parameter]]] = {}  # bottom to top
+        self._group_modules: dict[str, list[torch.nn.Module]] = {}
+        self._frozen: set[str] = set()
+        self._ddp_reduced: set[int] | None = None
         self.train_metrics = stage_metrics(num_labels, "train")
         self.val_metrics = stage_metrics(num_labels, "val")
         self.test_metrics = stage_metrics(num_labels, "test")
@@ -85,16 +91,101 @@ class Classifier(L.LightningModule):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ freezing
-    def apply_freeze(self) -> None:
-        frozen = self.freeze == "backbone"
-        for p in self.backbone.parameters():
-            p.requires_grad_(not frozen)
+    def _build_groups(self) -> None:
+        """Parameter groups, bottom to top: from the block map (stem, blocks, head) when the strategy needs
+        one, else ``backbone`` / ``head``. Subclasses call :meth:`apply_freeze` once ``self.model`` exists."""
+        spec = self.freeze_spec
+        named = list(self.model.named_parameters())
+        if spec.needs_block_map:
+            from sft.finetune.blocks import block_map, group_modules
+
+            bmap = block_map(self.model)
+            spec.check_depth(bmap.depth, type(self.model).__name__)
+            order = bmap.group_names()
+            self._groups = {g: [] for g in order}
+            for name, p in named:
+                self._groups[bmap.group_of(name)].append((name, p))
+            self._group_modules = {g: group_modules(self.model, bmap, g) for g in order}
+        else:
+            in_backbone = {id(p) for p in self.backbone.parameters()}
+            self._groups = {"backbone": [(n, p) for n, p in named if id(p) in in_backbone],
+                            "head": [(n, p) for n, p in named if id(p) not in in_backbone]}
+            self._group_modules = {"backbone": [self.backbone], "head": []}
+
+    def freeze_progress(self) -> int:
+        """Epochs or optimizer steps done, the clock of ``gradual`` milestones."""
+        if self._trainer is None:
+            return 0
+        return self.trainer.global_step if self.freeze_spec.unit == "step" else self.current_epoch
+
+    def apply_freeze(self, progress: int | None = None) -> None:
+        """Set ``requires_grad`` (and eval mode) of every group for ``progress`` (default: now)."""
+        if not self._groups:
+            self._build_groups()
+        frozen = self.freeze_spec.frozen(list(self._groups), self.freeze_progress() if progress is None else progress)
+        changed = frozen != self._frozen or progress == 0
+        self._frozen = frozen
+        for group, params in self._groups.items():
+            for _, p in params:
+                p.requires_grad_(group not in frozen)
+        if not any(p.requires_grad for p in self.parameters()):
+            raise ConfigError("No trainable parameters: the freeze strategy froze everything (check freeze=...).")
+        if self.training:
+            self.train()  # frozen groups to eval mode
+        if changed and self._trainer is not None:
+            log.info("Freeze (%s) at %s %d:\n%s", self.freeze, self.freeze_spec.unit, self.freeze_progress(),
+                     self.freeze_table())
+
+    def freeze_table(self) -> str:
+        lines = [f"{'group':<10} {'params':>12} {'trainable':>12}"]
+        for group, params in self._groups.items():
+            total = sum(p.numel() for _, p in params)
+            trainable = sum(p.numel() for _, p in params if p.requires_grad)
+            lines.append(f"{group:<10} {total:>12,} {trainable:>12,}")
+        return "\n".join(lines)
+
+    def group_state(self) -> dict[str, bool]:
+        """Group -> trainable now (for logs, checkpoints and tests)."""
+        return {group: group not in self._frozen for group in self._groups}
 
     def train(self, mode: bool = True) -> Classifier:
         super().train(mode)
-        if self.freeze == "backbone":
-            self.backbone.eval()  # a frozen backbone is a fixed feature extractor: no dropout, BN stats fixed
+        if mode:
+            # A frozen part is a fixed feature extractor: no dropout, BatchNorm statistics kept.
+            for group in self._frozen:
+                for module in self._group_modules.get(group, []):
+                    module.eval()
         return self
+
+    def on_fit_start(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # DDP's reducer was built over the parameters trainable when it wrapped the model (now).
+            self._ddp_reduced = {id(p) for p in self.parameters() if p.requires_grad}
+        self.apply_freeze()
+        log.info("Trainable parameters by group (%s):\n%s", self.freeze, self.freeze_table())
+
+    def on_train_epoch_start(self) -> None:
+        if self.freeze == "gradual" and self.freeze_spec.unit == "epoch":
+            self.apply_freeze()
+        for group, trainable in self.group_state().items():
+            self.log(f"freeze/{group}", float(trainable), on_step=False, on_epoch=True)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.freeze == "gradual" and self.freeze_spec.unit == "step":
+            self.apply_freeze()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Groups unfrozen after DDP wrapped the model are outside its reducer: average their gradients here
+        # so every rank takes the same step.
+        if self._ddp_reduced is None:
+            return
+        import torch.distributed as dist
+
+        for p in self.parameters():
+            if p.grad is not None and id(p) not in self._ddp_reduced:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
@@ -121,8 +212,10 @@ class Classifier(L.LightningModule):
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
-            raise ConfigError("TextClassifier was built without an optimizer; pass optimizer=partial(torch.optim.AdamW, lr=...).")
-        optimizer = build_optimizer(self.optimizer_factory, list(self.named_parameters()), self.device)
+            raise ConfigError("The classifier was built without an optimizer; pass optimizer=partial(torch.optim.AdamW, lr=...).")
+        if not self._groups:
+            self._build_groups()
+        optimizer = build_optimizer(self.optimizer_factory, self._groups, self.device, self.freeze_spec)
         scheduler = build_scheduler(self.scheduler_factory, optimizer, self.trainer.estimated_stepping_batches, self.monitor)
         if scheduler is None:
             return optimizer
@@ -132,6 +225,7 @@ class Classifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # RNG state, so a run resumed mid-epoch draws the same dropout masks as an uninterrupted one.
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        checkpoint["freeze_state"] = self.group_state()  # for inspection; resume recomputes it from progress
         if torch.cuda.is_available():
             checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 

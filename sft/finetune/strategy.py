@@ -1,0 +1,110 @@
+"""Freeze strategies and layer-wise learning rates as a pure function of the group list and progress.
+
+The groups of a model are ordered bottom to top (``stem, block0 .. block{n-1}, head``; or
+``backbone, head`` for ``none`` / ``backbone`` on models without a block map). A strategy says which
+groups are frozen at a given progress (epoch or optimizer step), so a resumed run recomputes exactly
+the state an uninterrupted one had, and every optimizer parameter group exists from the first step
+(frozen ones simply get no gradients), so schedulers and checkpoints always see the same groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sft.errors import ConfigError
+from sft.finetune import FREEZE_STRATEGIES
+
+HEAD = "head"
+
+
+@dataclass(frozen=True)
+class FreezeSpec:
+    """``freeze=`` config: strategy plus its options (see conf/freeze/)."""
+
+    strategy: str = "none"
+    k: int | None = None                       # bottom_k: blocks frozen above the stem
+    milestones: tuple[int, ...] = field(default_factory=tuple)  # gradual: unfreeze one more group at each
+    unit: str = "epoch"                        # gradual milestones count epochs or optimizer steps
+    lr_decay: float = 1.0                      # layer-wise: lr * lr_decay ** depth_from_top
+    head_lr: float | None = None               # the head's own learning rate (default: optimizer.lr)
+
+    @classmethod
+    def parse(cls, value: str | Mapping[str, Any] | FreezeSpec | None) -> FreezeSpec:
+        if isinstance(value, FreezeSpec):
+            return value
+        if value is None:
+            return cls()
+        if isinstance(value, str):
+            value = {"strategy": value}
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ConfigError(f"freeze.{unknown[0]} is not a freeze setting; known: {sorted(known)}.")
+        data = dict(value)
+        if data.get("milestones") is not None:
+            data["milestones"] = tuple(data["milestones"])
+        else:
+            data.pop("milestones", None)
+        spec = cls(**data)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        if self.strategy not in FREEZE_STRATEGIES:
+            raise ConfigError(f"freeze.strategy={self.strategy!r}: choose one of {list(FREEZE_STRATEGIES)}.")
+        if self.strategy == "bottom_k" and not (isinstance(self.k, int) and self.k >= 0):
+            raise ConfigError(f"freeze.k={self.k!r}: freeze=bottom_k needs the number of blocks to freeze above "
+                              "the stem, an integer >= 0 (e.g. freeze.k=4).")
+        if self.strategy == "gradual":
+            ms = self.milestones
+            if not ms or not all(isinstance(m, int) and m >= 0 for m in ms) or list(ms) != sorted(set(ms)):
+                raise ConfigError(f"freeze.milestones={list(ms)!r}: freeze=gradual needs increasing, distinct "
+                                  "non-negative integers (epochs or steps, see freeze.unit), e.g. [1, 2, 3].")
+        if self.unit not in ("epoch", "step"):
+            raise ConfigError(f"freeze.unit={self.unit!r}: choose epoch or step.")
+        if not (isinstance(self.lr_decay, int | float) and 0 < self.lr_decay <= 1):
+            raise ConfigError(f"freeze.lr_decay={self.lr_decay!r} must be in (0, 1] (1 = the same lr everywhere).")
+        if self.head_lr is not None and not (isinstance(self.head_lr, int | float) and self.head_lr > 0):
+            raise ConfigError(f"freeze.head_lr={self.head_lr!r} must be a positive number, or null for optimizer.lr.")
+        if self.strategy == "backbone" and self.lr_decay != 1:
+            raise ConfigError("freeze.lr_decay has no effect with freeze=backbone (only the head trains): drop it "
+                              "or pick freeze=none / bottom_k / gradual.")
+
+    @property
+    def needs_block_map(self) -> bool:
+        return self.strategy in ("bottom_k", "gradual") or self.lr_decay != 1
+
+    def check_depth(self, depth: int, where: str) -> None:
+        if self.strategy == "bottom_k" and self.k > depth:
+            raise ConfigError(f"freeze.k={self.k} but {where} has only {depth} blocks above its stem: choose k "
+                              f"in 0..{depth} (k={depth} freezes every block, like freeze=backbone).")
+        if self.strategy == "gradual" and len(self.milestones) > depth + 1:
+            raise ConfigError(f"freeze.milestones has {len(self.milestones)} entries but {where} has only "
+                              f"{depth + 1} groups to unfreeze ({depth} blocks and the stem).")
+
+    def frozen(self, groups: Sequence[str], progress: int) -> set[str]:
+        """Frozen groups at ``progress`` (epochs or steps done); ``groups`` ordered bottom to top."""
+        if self.strategy == "none":
+            return set()
+        if self.strategy == "backbone":
+            return {g for g in groups if g != HEAD}
+        if self.strategy == "bottom_k":
+            return set(groups[: 1 + self.k])  # the stem, then k blocks
+        below_head = [g for g in reversed(groups) if g != HEAD]  # top to bottom
+        unfrozen = sum(1 for m in self.milestones if progress >= m)
+        return set(below_head[unfrozen:])
+
+    def lr_scales(self, groups: Sequence[str], base_lr: float) -> dict[str, float]:
+        """Per group, its lr relative to ``base_lr``: ``lr_decay ** depth_from_top`` (the head at depth 0)."""
+        top_down = list(reversed(groups))
+        scales = {g: float(self.lr_decay) ** depth for depth, g in enumerate(top_down)}
+        if self.head_lr is not None and HEAD in scales:
+            scales[HEAD] = float(self.head_lr) / base_lr
+        return scales
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["milestones"] = list(self.milestones)
+        return data

@@ -26,7 +26,8 @@ def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay:
     decay, no_decay = [], []
     for _, p in named_params:
         (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "kind": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "kind": "no_decay"}]
     return [g for g in groups if g["params"]]
 
 
@@ -66,7 +67,7 @@ def build_optimizer(factory: Callable, groups: dict[str, list[tuple[str, nn.Para
     param_groups = []
     for name, named in groups.items():
         for group in decay_groups(named, weight_decay):
-            suffix = "" if group["weight_decay"] else "/no_decay"
+            suffix = "/no_decay" if group.pop("kind") == "no_decay" else ""
             param_groups.append({**group, "name": f"{name}{suffix}", "lr": float(base_lr) * scales[name]})
     if not param_groups:
         raise ConfigError("The model has no parameters to optimize.")

@@ -176,7 +176,7 @@ def test_freeze_options(compose_cfg, tiny_bert, option):
     assert trainable and all(n.startswith(allowed) for n in trainable), sorted(trainable)
     model.train()
     layers = model.model.bert.encoder.layer
-    assert not any(m.training for m in layers.modules()) and model.model.classifier.training  # frozen: no dropout
+    assert not any(m.training for layer in layers for m in layer.modules()) and model.model.classifier.training  # frozen: no dropout
 
 
 @pytest.mark.parametrize("option", options("trainer"))

@@ -130,6 +130,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         monitor=cfg.optimized_metric,
     )
 
+    fit_datamodule = datamodule
+    if cfg.freeze.get("cache_features"):  # the frozen backbone runs once; the head trains on its features
+        from sft.finetune.feature_cache import FeatureDataModule, cached_features
+
+        device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu" else "cpu")
+        fit_datamodule = FeatureDataModule(cached_features(model, datamodule, device=device), datamodule,
+                                           batch_size=cfg.data.batch_size, seed=cfg.seed)
+
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     precision = cfg.trainer.get("precision") or auto_precision(cfg.trainer.get("accelerator"))
@@ -143,7 +151,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     finished = _finished_checkpoint(ckpt_path)
     started = time.perf_counter()
     if finished is None:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=fit_datamodule, ckpt_path=ckpt_path)
         epochs, steps = trainer.current_epoch, trainer.global_step
     else:
         log.info("The run in %s had finished training; evaluating its best checkpoint.", output_dir)
@@ -154,9 +162,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if best:
         log.info("Best checkpoint: %s", best)
     metrics: dict[str, float] = {}
-    metrics.update(_floats(trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]))
+    metrics.update(_floats(trainer.validate(model, datamodule=fit_datamodule, ckpt_path=best, verbose=False)[0]))
     if cfg.get("test", True):
-        metrics.update(_floats(trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=False)[0]))
+        metrics.update(_floats(trainer.test(model, datamodule=fit_datamodule, ckpt_path=best, verbose=False)[0]))
     metrics.update({"fit/seconds": fit_seconds, "fit/epochs": float(epochs), "fit/global_step": float(steps)})
 
     if trainer.is_global_zero:

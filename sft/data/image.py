@@ -118,6 +118,20 @@ class ImageDataModule(ClassificationDataModule):
     def eval_dataloader(self, split: str) -> DataLoader:
         return self._loader(self.datasets[split], batch_size=self.eval_batch_size, shuffle=False)
 
+    def input_fingerprint(self) -> str:
+        """What the model sees at evaluation: the data and the eval preprocessing (no augmentation)."""
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps([self.load_splits().fingerprint(), self.preprocess],
+                                         sort_keys=True).encode()).hexdigest()[:20]
+
+    def ordered_dataloader(self, split: str) -> DataLoader:
+        """The split in its own order with the eval transform, also for train (for feature caching)."""
+        dataset = self.datasets[split]
+        plain = ImageDataset(dataset.rows, build_transforms(self.preprocess, train=False))
+        return self._loader(plain, batch_size=self.eval_batch_size, shuffle=False)
+
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")
 

@@ -123,12 +123,15 @@ class TextDataModule(ClassificationDataModule):
         return self.splits
 
     # ------------------------------------------------------------------ tokenize once, cached
-    def _cache_path(self) -> Path:
+    def input_fingerprint(self) -> str:
+        """What the model sees: tokenizer behaviour, max_length and the data (splits after subsetting)."""
         splits = self.load_splits()
-        key = hashlib.sha256(
+        return hashlib.sha256(
             json.dumps([CACHE_VERSION, tokenizer_fingerprint(self.tokenizer), self.max_length, splits.fingerprint()]).encode()
         ).hexdigest()[:20]
-        return self.cache_dir / f"{key}.pt"
+
+    def _cache_path(self) -> Path:
+        return self.cache_dir / f"{self.input_fingerprint()}.pt"
 
     def prepare_data(self) -> None:
         path = self._cache_path()
@@ -183,6 +186,10 @@ class TextDataModule(ClassificationDataModule):
     def eval_dataloader(self, split: str) -> DataLoader:
         size = self.eval_batch_size or (len(self.datasets["train"]) if self.batch_size == "full" else self.batch_size)
         return self._loader(self.datasets[split], batch_size=int(size), shuffle=False)
+
+    def ordered_dataloader(self, split: str) -> DataLoader:
+        """The split in its own order, as evaluated (for feature caching)."""
+        return self.eval_dataloader(split)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")

@@ -29,6 +29,7 @@ class FreezeSpec:
     unit: str = "epoch"                        # gradual milestones count epochs or optimizer steps
     lr_decay: float = 1.0                      # layer-wise: lr * lr_decay ** depth_from_top
     head_lr: float | None = None               # the head's own learning rate (default: optimizer.lr)
+    cache_features: bool = False               # backbone: compute the frozen features once, train the head on them
 
     @classmethod
     def parse(cls, value: str | Mapping[str, Any] | FreezeSpec | None) -> FreezeSpec:
@@ -68,6 +69,9 @@ class FreezeSpec:
             raise ConfigError(f"freeze.lr_decay={self.lr_decay!r} must be in (0, 1] (1 = the same lr everywhere).")
         if self.head_lr is not None and not (isinstance(self.head_lr, int | float) and self.head_lr > 0):
             raise ConfigError(f"freeze.head_lr={self.head_lr!r} must be a positive number, or null for optimizer.lr.")
+        if self.cache_features and self.strategy != "backbone":
+            raise ConfigError(f"freeze.cache_features=true needs the whole backbone frozen (freeze=backbone), not "
+                              f"freeze={self.strategy}: the features must not change during training.")
         if self.strategy == "backbone" and self.lr_decay != 1:
             raise ConfigError("freeze.lr_decay has no effect with freeze=backbone (only the head trains): drop it "
                               "or pick freeze=none / bottom_k / gradual.")

@@ -37,6 +37,10 @@ def stage_metrics(num_labels: int, prefix: str) -> MetricCollection:
     )
 
 
+class _FeaturesCaptured(Exception):
+    """Stops a forward pass once the head's input is known."""
+
+
 class Classifier(L.LightningModule):
     """What every sft classifier shares, whatever the input: loss, per-stage metrics, freezing of
     ``backbone``, optimizer and schedule, RNG state in checkpoints. Subclasses build ``self.model``,
@@ -86,6 +90,38 @@ class Classifier(L.LightningModule):
     def data_inputs(cls, model_cfg: Any) -> dict[str, Any]:
         """What the data module needs from the model config (a tokenizer, a preprocessing recipe)."""
         raise NotImplementedError
+
+    @property
+    def head_entry(self) -> torch.nn.Module:
+        """The first module of the trainable head: its input is the feature a frozen backbone produces."""
+        raise NotImplementedError
+
+    def head_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from cached features (what :attr:`head_entry` received), exactly as the full forward."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ features for cached probes
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The input of :attr:`head_entry` for a batch (the backbone's output), without running the head.
+        A sequence input (RoBERTa's head reads token 0) keeps its first position only."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab(module: torch.nn.Module, args: tuple) -> None:
+            captured["x"] = args[0]
+            raise _FeaturesCaptured
+
+        handle = self.head_entry.register_forward_pre_hook(grab)
+        try:
+            self.logits(batch)
+        except _FeaturesCaptured:
+            pass
+        finally:
+            handle.remove()
+        x = captured["x"]
+        return x[:, :1] if x.ndim == 3 else x
+
+    def batch_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head_logits(batch["features"]) if "features" in batch else self.logits(batch)
 
     def export(self, out_dir: Any, datamodule: Any) -> Any:
         raise NotImplementedError
@@ -189,7 +225,7 @@ class Classifier(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def _step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
-        logits = self.logits(batch)
+        logits = self.batch_logits(batch)
         loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
         metrics.update(logits.detach().float(), batch["labels"])
         bs = len(batch["labels"])
@@ -207,7 +243,7 @@ class Classifier(L.LightningModule):
         self._step(batch, "test", self.test_metrics)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.logits(batch).float().softmax(-1)
+        return self.batch_logits(batch).float().softmax(-1)
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self) -> Any:
@@ -279,6 +315,20 @@ class TextClassifier(Classifier):
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self(batch["input_ids"], batch["attention_mask"])
+
+    @property
+    def head_entry(self) -> torch.nn.Module:
+        return getattr(self.model, "pre_classifier", None) or self.model.classifier  # DistilBERT / others
+
+    def head_logits(self, features: torch.Tensor) -> torch.Tensor:
+        # The head part of the HF forward: DistilBERT pre_classifier -> ReLU -> dropout -> classifier;
+        # BERT dropout -> classifier; RoBERTa's classifier module is the whole head (reads token 0).
+        m = self.model
+        if getattr(m, "pre_classifier", None) is not None:
+            return m.classifier(m.dropout(torch.relu(m.pre_classifier(features))))
+        if isinstance(getattr(m, "dropout", None), torch.nn.Dropout):
+            features = m.dropout(features)
+        return m.classifier(features)
 
     @classmethod
     def data_inputs(cls, model_cfg: Any) -> dict[str, Any]:

@@ -187,3 +187,10 @@ class ImageClassifier(Classifier):
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self(batch["pixel_values"])
+
+    @property
+    def head_entry(self) -> nn.Module:
+        return getattr(self.model, self.head)
+
+    def head_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.head)(features)

@@ -1,0 +1,125 @@
+"""Cached-feature probes: run a frozen backbone once per split, keep its features on disk, train the head
+over them.
+
+With the whole backbone frozen, every epoch of a linear probe recomputes the same backbone outputs; this
+computes them once (the input of the head, :meth:`Classifier.features`) and trains the unchanged head on
+them, so a multi-epoch probe costs one backbone pass. The cache key covers the backbone's weights (a
+hash of the tensors, so a local weights file or a fine-tuned checkpoint can never hit a stale entry),
+what the model sees (tokenizer and max length, or the eval preprocessing) and the data.
+
+Images are featurized with the eval transform (no augmentation: one fixed view per image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sft.data.base import ClassificationDataModule
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SFT_CACHE", Path.home() / ".cache" / "sft")) / "features"
+
+
+def backbone_fingerprint(model: Any) -> str:
+    digest = hashlib.sha256(f"{type(model).__name__}:{CACHE_VERSION}".encode())
+    for name, tensor in model.backbone.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def cache_key(model: Any, datamodule: Any) -> str:
+    return hashlib.sha256(f"{backbone_fingerprint(model)}:{datamodule.input_fingerprint()}".encode()).hexdigest()[:24]
+
+
+@torch.inference_mode()
+def compute_features(model: Any, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    feats, labels = [], []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        feats.append(model.features(batch).float().cpu())
+        labels.append(batch["labels"].cpu())
+    return torch.cat(feats), torch.cat(labels)
+
+
+def cached_features(model: Any, datamodule: Any, cache_dir: str | Path | None = None,
+                    device: torch.device | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{split: (features, labels)}`` from the cache, computing (and saving atomically) when absent."""
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    path = Path(cache_dir or default_cache_dir()) / f"{cache_key(model, datamodule)}.pt"
+    if path.is_file():
+        log.info("Features from cache %s", path)
+        payload = torch.load(path, weights_only=True)
+        return {s: (payload[s]["features"], payload[s]["labels"]) for s in SPLITS}
+    device = device or torch.device("cpu")
+    was_training = model.training
+    model.eval().to(device)
+    started = time.perf_counter()
+    result = {s: compute_features(model, datamodule.ordered_dataloader(s), device) for s in SPLITS}
+    model.train(was_training)
+    log.info("Computed backbone features for %s examples in %.1f s; cached in %s",
+             "/".join(str(len(result[s][1])) for s in SPLITS), time.perf_counter() - started, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({s: {"features": f, "labels": y} for s, (f, y) in result.items()}, tmp)
+    os.replace(tmp, path)
+    return result
+
+
+class FeatureSplit(Dataset):
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"features": self.features[i], "labels": self.labels[i]}
+
+
+class FeatureDataModule(ClassificationDataModule):
+    """Batches of cached features with the label space and split sizes of the DataModule they came from.
+    Shuffled, seeded training batches with exact mid-epoch resume, like the other DataModules."""
+
+    def __init__(self, features: dict[str, tuple[torch.Tensor, torch.Tensor]], source: ClassificationDataModule,
+                 batch_size: int, seed: int = 0):
+        super().__init__()
+        self.source, self.splits = source, source.load_splits()
+        self.datasets = {s: FeatureSplit(*features[s]) for s in SPLITS}
+        self.batch_size = len(self.datasets["train"]) if batch_size == "full" else int(batch_size)
+        self.seed = seed
+
+    def load_splits(self) -> Any:
+        return self.splits
+
+    def _loader(self, dataset: FeatureSplit, **kwargs: Any) -> DataLoader:
+        return DataLoader(dataset, generator=torch.Generator().manual_seed(self.seed), **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.datasets["train"]
+        sampler = self.make_train_sampler([1] * len(dataset), self.batch_size, self.seed, group_by_length=False)
+        return self._loader(dataset, batch_sampler=sampler)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        return self._loader(self.datasets[split], batch_size=max(self.batch_size, 256), shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")

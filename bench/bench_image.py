@@ -20,6 +20,8 @@ Peers (each runs in its own subprocess: ``bench_image.py --peer NAME``, which pr
                    writes are counted as training time.
 * ``sft_no_ckpt``  the same with ``callbacks=none`` and ``trainer.enable_checkpointing=false`` (without it
                    Lightning adds its own ModelCheckpoint): no checkpoints, no early stopping, no LR monitor.
+* ``sft_nondet``   (not in the default ``--peers``) ``sft`` with ``trainer.deterministic=false`` instead of
+                   sft's default ``warn`` (``torch.use_deterministic_algorithms(True, warn_only=True)``).
 
 Both sft peers validate once, at the end of the last epoch (``trainer.check_val_every_n_epoch`` = epochs,
 no sanity check) and skip the test pass (test = val for this data set) and the export.
@@ -55,7 +57,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = Path("/work/shared/data/hymenoptera")
-ALL_PEERS = ("plain", "sft", "sft_no_ckpt")
+ALL_PEERS = ("plain", "sft", "sft_no_ckpt", "sft_nondet")
+DEFAULT_PEERS = ("plain", "sft", "sft_no_ckpt")
 RESULT_MARKER = "BENCH_RESULT "
 
 ARCH = "efficientnet_lite0"
@@ -299,7 +302,8 @@ def sft_bench_timer() -> Any:
     return timer
 
 
-def sft_overrides(args: argparse.Namespace, checkpoints: bool, output_dir: Path) -> list[str]:
+def sft_overrides(args: argparse.Namespace, checkpoints: bool, output_dir: Path,
+                  deterministic: bool = True) -> list[str]:
     overrides = [
         f"model={ARCH}",
         "data=imagefolder",
@@ -318,6 +322,7 @@ def sft_overrides(args: argparse.Namespace, checkpoints: bool, output_dir: Path)
         "++trainer.enable_model_summary=false",
         f"seed={SEED}",
         f"output_dir={output_dir}",
+        *([] if deterministic else ["trainer.deterministic=false"]),  # sft's default is warn
         "test=false",  # no test split here: test would be val again
         "export=false",
         f"torch_threads={THREADS}",
@@ -331,14 +336,14 @@ def sft_overrides(args: argparse.Namespace, checkpoints: bool, output_dir: Path)
     return overrides + ["++callbacks.bench_timer._target_=__main__.sft_bench_timer"]
 
 
-def peer_sft(args: argparse.Namespace, checkpoints: bool) -> dict[str, Any]:
+def peer_sft(args: argparse.Namespace, checkpoints: bool, deterministic: bool = True) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
 
     from sft.run import CONFIG_DIR
     from sft.train import train
 
     run_dir = args.workdir / "run"
-    overrides = sft_overrides(args, checkpoints, run_dir)
+    overrides = sft_overrides(args, checkpoints, run_dir, deterministic)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     print("[bench] sft overrides: " + " ".join(overrides), file=sys.stderr)
@@ -357,6 +362,8 @@ def peer_sft(args: argparse.Namespace, checkpoints: bool) -> dict[str, Any]:
         notes = f"default callbacks, {timing['n_ckpt']} ckpt writes ({timing['ckpt_s']:.1f}s, in train s)"
     else:
         notes = "callbacks=none (no checkpoints)"
+    if not deterministic:
+        notes += ", trainer.deterministic=false"
     return {**timing, "val_acc": val_acc, "fit_seconds": metrics.get("fit/seconds"),
             "precision": "fp32", "val_loss": metrics.get("val/loss"),
             "metrics_json": written or None, "notes": f"fused AdamW, {notes}"}
@@ -376,6 +383,8 @@ def run_child(args: argparse.Namespace) -> int:
             result.update(peer_sft(args, checkpoints=True))
         elif peer == "sft_no_ckpt":
             result.update(peer_sft(args, checkpoints=False))
+        elif peer == "sft_nondet":
+            result.update(peer_sft(args, checkpoints=True, deterministic=False))
         else:
             raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(ALL_PEERS)}")
         if not result["images"]:
@@ -612,7 +621,8 @@ def run_parent(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--peers", default=",".join(ALL_PEERS), help=f"comma list from {', '.join(ALL_PEERS)}")
+    p.add_argument("--peers", default=",".join(DEFAULT_PEERS),
+                   help=f"comma list from {', '.join(ALL_PEERS)} (default {','.join(DEFAULT_PEERS)})")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
                    help=f"ImageFolder tree with train/<class>/ and val/<class>/ (default {DEFAULT_DATA})")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 2; 1 with --quick)")

@@ -130,6 +130,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         monitor=cfg.optimized_metric,
     )
 
+    if cfg.freeze.get("estimator"):  # freeze=sklearn: a scikit-learn head over cached backbone features
+        from sft.finetune.sklearn_head import run_sklearn_head
+
+        write_run_info(output_dir, cfg, precision="32-true", accelerator="sklearn")
+        return run_sklearn_head(cfg, model, datamodule, output_dir)
+
     fit_datamodule = datamodule
     if cfg.freeze.get("cache_features"):  # the frozen backbone runs once; the head trains on its features
         from sft.finetune.feature_cache import FeatureDataModule, cached_features
@@ -141,8 +147,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     precision = cfg.trainer.get("precision") or auto_precision(cfg.trainer.get("accelerator"))
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    # No checkpoint callback configured (callbacks=none) means none: not Lightning's implicit one.
+    checkpointing = {} if any(isinstance(cb, ModelCheckpoint) for cb in callbacks) else {"enable_checkpointing": False}
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
-                    default_root_dir=str(output_dir))
+                    default_root_dir=str(output_dir), **checkpointing)
     if trainer.is_global_zero:
         write_run_info(output_dir, cfg, precision=str(trainer.precision), accelerator=type(trainer.accelerator).__name__)
     if ckpt_path:

@@ -134,3 +134,10 @@ def test_text_file_data_end_to_end(tiny_cfg, tmp_path):
     assert 0.0 <= metrics["test/acc"] <= 1.0
     labels = json.loads((tmp_path / "run" / "export" / "labels.json").read_text())["label_names"]
     assert labels == ["neg", "pos"]
+
+
+def test_callbacks_none_writes_no_checkpoint(tiny_cfg, tmp_path):
+    """callbacks=none means no checkpoints at all, not Lightning's implicit ModelCheckpoint."""
+    metrics = train(tiny_cfg("callbacks=none", "data.train_size=64", "export=false"))
+    assert "test/acc" in metrics
+    assert not list((tmp_path / "run").rglob("*.ckpt"))

@@ -42,26 +42,33 @@ def backbone_fingerprint(model: Any) -> str:
     return digest.hexdigest()[:20]
 
 
-def cache_key(model: Any, datamodule: Any) -> str:
-    return hashlib.sha256(f"{backbone_fingerprint(model)}:{datamodule.input_fingerprint()}".encode()).hexdigest()[:24]
+def cache_key(model: Any, datamodule: Any, pooling: str = "head") -> str:
+    identity = f"{backbone_fingerprint(model)}:{datamodule.input_fingerprint()}:{pooling}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:24]
 
 
 @torch.inference_mode()
-def compute_features(model: Any, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_features(model: Any, loader: DataLoader, device: torch.device,
+                     pooling: str = "head") -> tuple[torch.Tensor, torch.Tensor]:
+    extract = model.features if pooling == "head" else model.mean_features
     feats, labels = [], []
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
-        feats.append(model.features(batch).float().cpu())
+        feats.append(extract(batch).float().cpu())
         labels.append(batch["labels"].cpu())
     return torch.cat(feats), torch.cat(labels)
 
 
 def cached_features(model: Any, datamodule: Any, cache_dir: str | Path | None = None,
-                    device: torch.device | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                    device: torch.device | None = None, pooling: str = "head") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{split: (features, labels)}`` from the cache, computing (and saving atomically) when absent."""
     datamodule.prepare_data()
     datamodule.setup("fit")
-    path = Path(cache_dir or default_cache_dir()) / f"{cache_key(model, datamodule)}.pt"
+    if pooling == "mean" and not hasattr(model, "mean_features"):
+        from sft.errors import ConfigError
+
+        raise ConfigError(f"freeze.pooling=mean is for text models; {type(model).__name__} takes freeze.pooling=head.")
+    path = Path(cache_dir or default_cache_dir()) / f"{cache_key(model, datamodule, pooling)}.pt"
     if path.is_file():
         log.info("Features from cache %s", path)
         payload = torch.load(path, weights_only=True)
@@ -70,7 +77,7 @@ def cached_features(model: Any, datamodule: Any, cache_dir: str | Path | None = 
     was_training = model.training
     model.eval().to(device)
     started = time.perf_counter()
-    result = {s: compute_features(model, datamodule.ordered_dataloader(s), device) for s in SPLITS}
+    result = {s: compute_features(model, datamodule.ordered_dataloader(s), device, pooling) for s in SPLITS}
     model.train(was_training)
     log.info("Computed backbone features for %s examples in %.1f s; cached in %s",
              "/".join(str(len(result[s][1])) for s in SPLITS), time.perf_counter() - started, path)

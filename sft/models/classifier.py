@@ -320,6 +320,12 @@ class TextClassifier(Classifier):
     def head_entry(self) -> torch.nn.Module:
         return getattr(self.model, "pre_classifier", None) or self.model.classifier  # DistilBERT / others
 
+    def mean_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean of the last hidden states over real tokens (sentence-transformers' pooling)."""
+        states = self.model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+        mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+
     def head_logits(self, features: torch.Tensor) -> torch.Tensor:
         # The head part of the HF forward: DistilBERT pre_classifier -> ReLU -> dropout -> classifier;
         # BERT dropout -> classifier; RoBERTa's classifier module is the whole head (reads token 0).

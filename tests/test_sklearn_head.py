@@ -1,0 +1,74 @@
+"""freeze=sklearn: a scikit-learn classifier over cached frozen features, in a normal run folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sft.errors import ConfigError
+from tests.conftest import FAST, SST2_DIR, needs_sst2
+
+
+def test_linear_head_is_exported_inside_the_model(tiny_cfg, tmp_path):
+    """LogisticRegression on the head's input becomes the model's classifier: the export, evaluated by
+    sft.eval through the whole network, scores exactly what the estimator scored."""
+    from sklearn.metrics import accuracy_score
+
+    from sft.eval import evaluate
+    from sft.train import train
+
+    metrics = train(tiny_cfg("freeze=sklearn"))
+    run = tmp_path / "run"
+    assert json.loads((run / "metrics.json").read_text()) == pytest.approx(metrics)
+    head = json.loads((run / "export" / "sklearn_head.json").read_text())
+    assert head["estimator"] == "LogisticRegression" and head["pooling"] == "head"
+    again = evaluate(run / "export", "test")
+    assert again["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert again["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-3)
+    # Independent: sklearn's own accuracy on the cached test features.
+    import torch
+
+    from sft.finetune.feature_cache import default_cache_dir
+
+    payloads = [torch.load(p, weights_only=True) for p in default_cache_dir().glob("*.pt")]
+    coef, intercept = np.array(head["coef"]), np.array(head["intercept"])
+    matches = [p for p in payloads if p["test"]["features"].shape[1] == coef.shape[1]]
+    assert matches
+    x, y = matches[-1]["test"]["features"].numpy(), matches[-1]["test"]["labels"].numpy()
+    predicted = (x @ coef.T + intercept > 0).astype(int).ravel()  # binary logistic regression
+    assert accuracy_score(y, predicted) == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+
+def test_other_estimators_and_bad_settings(tiny_cfg, tmp_path):
+    from sft.train import train
+
+    metrics = train(tiny_cfg("freeze=sklearn", "freeze.pooling=mean", "~freeze.estimator.max_iter",
+                             "freeze.estimator._target_=sklearn.neighbors.KNeighborsClassifier"))
+    assert 0 <= metrics["val/acc"] <= 1 and "test/f1" in metrics
+    assert (tmp_path / "run" / "export" / "sklearn_head.joblib").is_file()
+    with pytest.raises(ConfigError, match="has no predict_proba"):
+        train(tiny_cfg("freeze=sklearn", "freeze.estimator._target_=sklearn.svm.LinearSVC"))
+    with pytest.raises(ConfigError, match="freeze.pooling=mean only works with a scikit-learn head"):
+        train(tiny_cfg("freeze=backbone", "+freeze.pooling=mean"))
+
+
+def test_mean_pooling_is_text_only(compose_cfg, image_root, tmp_path):
+    from sft.train import train
+
+    cfg = compose_cfg("model=resnet18", "model.weights=none", "data=imagefolder", f"data.path={image_root}",
+                      "data.image_size=32", "freeze=sklearn", "freeze.pooling=mean", f"output_dir={tmp_path}", *FAST)
+    with pytest.raises(ConfigError, match="freeze.pooling=mean is for text models"):
+        train(cfg)
+
+
+@needs_sst2()
+@pytest.mark.slow
+def test_minilm_mean_features_with_logistic_regression_on_sst2(compose_cfg, tmp_path):
+    from sft.train import train
+
+    cfg = compose_cfg("experiment=minilm_sst2_offline", f"data.path={SST2_DIR}", "freeze=sklearn",
+                      "freeze.pooling=mean", f"output_dir={tmp_path}", *FAST)
+    metrics = train(cfg)
+    assert metrics["test/acc"] > 0.75, metrics  # test = the full SST-2 dev set (872 rows)

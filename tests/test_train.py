@@ -136,8 +136,12 @@ def test_text_file_data_end_to_end(tiny_cfg, tmp_path):
     assert labels == ["neg", "pos"]
 
 
-def test_callbacks_none_writes_no_checkpoint(tiny_cfg, tmp_path):
+def test_callbacks_none_writes_no_checkpoint(compose_cfg, tiny_bert, tmp_path):
     """callbacks=none means no checkpoints at all, not Lightning's implicit ModelCheckpoint."""
-    metrics = train(tiny_cfg("callbacks=none", "data.train_size=64", "export=false"))
+    from tests.conftest import FAST
+
+    fast = [o for o in FAST if not o.startswith("callbacks.")]
+    metrics = train(compose_cfg(f"model.name_or_path={tiny_bert}", f"output_dir={tmp_path / 'run'}", *fast,
+                                "callbacks=none", "data.train_size=64", "export=false"))
     assert "test/acc" in metrics
     assert not list((tmp_path / "run").rglob("*.ckpt"))

@@ -26,6 +26,12 @@ def resolve_model_path(path: str | Path) -> Path:
         ckpts = sorted((p / "checkpoints").glob("best-*.ckpt")) or sorted((p / "checkpoints").glob("last.ckpt"))
         if ckpts:
             return ckpts[-1]
+        for head in (p / "sklearn_head.json", p / "export" / "sklearn_head.json", p / "export" / "sklearn_head.joblib"):
+            if head.is_file():
+                raise ConfigError(f"{str(p)!r} is a freeze=sklearn run whose head is a scikit-learn estimator over "
+                                  f"features the model's own head does not take ({head.name}); load it with the "
+                                  "backbone and the estimator yourself, or rerun with freeze.pooling=head and a "
+                                  "linear estimator to get a loadable model export.")
         raise ConfigError(f"{str(p)!r} holds no model: expected an export (config.json or model.json), export/ "
                           "or checkpoints/*.ckpt.")
     return p

@@ -176,6 +176,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test", True):
         metrics.update(_floats(trainer.test(model, datamodule=fit_datamodule, ckpt_path=best, verbose=False)[0]))
     metrics.update({"fit/seconds": fit_seconds, "fit/epochs": float(epochs), "fit/global_step": float(steps)})
+    metrics.update(parameter_counts(model))
 
     if trainer.is_global_zero:
         if cfg.get("export", True):
@@ -186,6 +187,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val/acc", "test/acc", "test/f1") if k in metrics)
         log.info("Done: %s. Results in %s (metrics: %s)", summary, output_dir, path.name)
     return metrics
+
+
+def parameter_counts(model: Any) -> dict[str, float]:
+    """Total and trainable parameters (trainable at the end of fit: all unfrozen groups for gradual)."""
+    return {"params/total": float(sum(p.numel() for p in model.parameters())),
+            "params/trainable": float(sum(p.numel() for p in model.parameters() if p.requires_grad))}
 
 
 def _finished_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:

@@ -72,3 +72,13 @@ def test_minilm_mean_features_with_logistic_regression_on_sst2(compose_cfg, tmp_
                       "freeze.pooling=mean", f"output_dir={tmp_path}", *FAST)
     metrics = train(cfg)
     assert metrics["test/acc"] > 0.75, metrics  # test = the full SST-2 dev set (872 rows)
+
+
+def test_predict_on_a_mean_pooled_sklearn_run_says_why_not(tiny_cfg, tmp_path, capsys):
+    from sft.predict import main as predict_main
+    from sft.train import train
+
+    train(tiny_cfg("freeze=sklearn", "freeze.pooling=mean"))
+    assert (tmp_path / "run" / "export" / "sklearn_head.json").is_file()
+    assert predict_main([str(tmp_path / "run"), "--input", "-"]) == 2
+    assert "freeze=sklearn run" in capsys.readouterr().err

@@ -112,6 +112,10 @@ def run_sklearn_head(cfg: Any, model: Any, datamodule: Any, output_dir: Path) ->
         x, y = features[split]
         metrics.update(split_metrics(probabilities(estimator, x, num_labels), y, split, num_labels))
     metrics.update({"fit/seconds": fit_seconds, "fit/epochs": 1.0, "fit/global_step": 0.0})
+    fitted = [getattr(estimator, a) for a in ("coef_", "intercept_") if hasattr(estimator, a)]
+    metrics.update({"params/total": float(sum(p.numel() for p in model.backbone.parameters()) +
+                                          sum(int(a.size) for a in fitted)),
+                    "params/trainable": float(sum(int(a.size) for a in fitted))})
     if cfg.get("export", True):
         export_dir = output_dir / "export"
         if pooling == "head" and linear_head_into_model(estimator, model, num_labels):

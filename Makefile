@@ -37,8 +37,10 @@ test-all: install ## Run every test
 lint: install ## Lint with ruff
 	$(VENV)/bin/ruff check sft tests bench
 
-bench: install ## Benchmark sft against HF Trainer and a plain PyTorch loop (prints a table)
+bench: install ## Benchmarks: text (vs HF Trainer, plain loop), images (vs plain loop), cached probe
 	$(PY) bench/bench_text.py
+	$(PY) bench/bench_image.py
+	@if [ -f bench/bench_probe.py ]; then $(PY) bench/bench_probe.py; fi
 
 clean: ## Remove caches and build files (keeps .venv and outputs/)
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -225,7 +225,7 @@ def test_callbacks_options(compose_cfg, option, tmp_path):
 def test_experiment_presets_run_with_fast_dev_run(compose_cfg, tiny_bert, glue_dir, image_dir, tmp_path, option):
     if option in IMAGE_EXPERIMENTS:  # the packaged EfficientNet-Lite0 on a tiny image folder
         extra = [f"data.path={image_dir}", "data.batch_size=4"]
-    elif option == "quickstart":
+    elif option in ("quickstart", "compare_strategies"):  # the packaged sample data
         extra = [f"model.name_or_path={tiny_bert}"]
     else:
         extra = [f"model.name_or_path={tiny_bert}", f"data.path={glue_dir}", "data.train_size=null", "data.val_size=6"]

@@ -72,8 +72,8 @@ def test_export_loads_in_transformers_pipeline(finished_run):
     # The pipeline's probabilities equal sft's own predictions for the exported weights.
     from sft.inference import load_model, predict_proba
 
-    model, tokenizer = load_model(out / "export")
-    probs = predict_proba(model, tokenizer, texts)
+    model, inputs = load_model(out / "export")
+    probs = predict_proba(model, inputs["tokenizer"], texts)
     for p, row in zip(preds, probs.tolist(), strict=True):
         assert p["score"] == pytest.approx(max(row), abs=1e-5)
 

@@ -173,11 +173,11 @@ class Classifier(L.LightningModule):
                      self.freeze_table())
 
     def freeze_table(self) -> str:
-        lines = [f"{'group':<10} {'params':>12} {'trainable':>12}"]
+        lines = [f"{'group':<10} {'params':>12} {'trainable':>12} {'frozen':>12}"]
         for group, params in self._groups.items():
             total = sum(p.numel() for _, p in params)
             trainable = sum(p.numel() for _, p in params if p.requires_grad)
-            lines.append(f"{group:<10} {total:>12,} {trainable:>12,}")
+            lines.append(f"{group:<10} {total:>12,} {trainable:>12,} {total - trainable:>12,}")
         return "\n".join(lines)
 
     def group_state(self) -> dict[str, bool]:

@@ -188,8 +188,13 @@ class TextDataModule(ClassificationDataModule):
         return self._loader(self.datasets[split], batch_size=int(size), shuffle=False)
 
     def ordered_dataloader(self, split: str) -> DataLoader:
-        """The split in its own order, as evaluated (for feature caching)."""
-        return self.eval_dataloader(split)
+        """Every example of the split once, in batches of similar length (little padding: a feature pass
+        over random-order batches costs ~2.5x more). ``loader.batch_sampler`` lists the indices in order."""
+        dataset = self.datasets[split]
+        size = int(self.eval_batch_size or (64 if self.batch_size == "full" else max(int(self.batch_size), 64)))
+        by_length = sorted(range(len(dataset)), key=dataset.lengths().__getitem__)
+        batches = [by_length[i : i + size] for i in range(0, len(by_length), size)]
+        return self._loader(dataset, batch_sampler=batches)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")

@@ -27,7 +27,7 @@ from sft.data.base import ClassificationDataModule
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -50,13 +50,17 @@ def cache_key(model: Any, datamodule: Any, pooling: str = "head") -> str:
 @torch.inference_mode()
 def compute_features(model: Any, loader: DataLoader, device: torch.device,
                      pooling: str = "head") -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels in dataset order, whatever order the loader's batches visit the examples in."""
     extract = model.features if pooling == "head" else model.mean_features
     feats, labels = [], []
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         feats.append(extract(batch).float().cpu())
         labels.append(batch["labels"].cpu())
-    return torch.cat(feats), torch.cat(labels)
+    order = torch.tensor([i for indices in loader.batch_sampler for i in indices], dtype=torch.long)
+    features, targets = torch.cat(feats), torch.cat(labels)
+    features[order], targets[order] = features.clone(), targets.clone()
+    return features, targets
 
 
 def cached_features(model: Any, datamodule: Any, cache_dir: str | Path | None = None,

@@ -12,7 +12,7 @@ from sft.data.batching import TrainBatchSampler
 
 class ClassificationDataModule(L.LightningDataModule):
     """Base for sft's DataModules. Subclasses implement ``load_splits()`` (validated splits with
-    ``label_names``) and build their train loader with ``make_train_sampler``.
+    ``label_names``) and ``eval_dataloader(split)``, and build their train loader with ``make_train_sampler``.
 
     Checkpoints carry the training sampler's position (``state_dict``), so a run resumed from a
     mid-epoch checkpoint continues with exactly the batches an uninterrupted run would see: Lightning
@@ -43,6 +43,19 @@ class ClassificationDataModule(L.LightningDataModule):
             sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches_done"])
             self._resume_state = None
         return sampler
+
+    def eval_dataloader(self, split: str) -> Any:
+        """The split in its own order (no shuffling), batched for evaluation."""
+        raise NotImplementedError
+
+    def val_dataloader(self) -> Any:
+        return self.eval_dataloader("val")
+
+    def test_dataloader(self) -> Any:
+        return self.eval_dataloader("test")
+
+    def predict_dataloader(self) -> Any:
+        return self.eval_dataloader("test")
 
     def state_dict(self) -> dict[str, Any]:
         trainer = self.trainer

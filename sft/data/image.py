@@ -132,11 +132,6 @@ class ImageDataModule(ClassificationDataModule):
         plain = ImageDataset(dataset.rows, build_transforms(self.preprocess, train=False))
         return self._loader(plain, batch_size=self.eval_batch_size, shuffle=False)
 
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("test")
 
 
 def image_folder(path: str | None = None, train: str | None = None, val: str | None = None, test: str | None = None,

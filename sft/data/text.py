@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sft.cache import atomic_save
+from sft.cache import cache_dir as sft_cache_dir
 from sft.data.base import ClassificationDataModule
 from sft.data.batching import PadCollator
 from sft.data.sources import SPLITS, TextSplits, subsample
@@ -21,7 +23,7 @@ CACHE_VERSION = 1
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SFT_CACHE", Path.home() / ".cache" / "sft")) / "tokenized"
+    return sft_cache_dir("tokenized")
 
 
 class TokenizedSplit(Dataset):
@@ -150,10 +152,7 @@ class TextDataModule(ClassificationDataModule):
                 "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
                 "labels": torch.tensor([label2id[label] for _, label in rows], dtype=torch.long),
             }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        atomic_save(payload, path)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -196,14 +195,6 @@ class TextDataModule(ClassificationDataModule):
         batches = [by_length[i : i + size] for i in range(0, len(by_length), size)]
         return self._loader(dataset, batch_sampler=batches)
 
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("test")
 
 
 # ---------------------------------------------------------------------- builders named by conf/data/*.yaml

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sft.cache import atomic_save
+from sft.cache import cache_dir as sft_cache_dir
 from sft.data.base import ClassificationDataModule
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SFT_CACHE", Path.home() / ".cache" / "sft")) / "features"
+    return sft_cache_dir("features")
 
 
 def backbone_fingerprint(model: Any) -> str:
@@ -85,10 +86,7 @@ def cached_features(model: Any, datamodule: Any, cache_dir: str | Path | None = 
     model.train(was_training)
     log.info("Computed backbone features for %s examples in %.1f s; cached in %s",
              "/".join(str(len(result[s][1])) for s in SPLITS), time.perf_counter() - started, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({s: {"features": f, "labels": y} for s, (f, y) in result.items()}, tmp)
-    os.replace(tmp, path)
+    atomic_save({s: {"features": f, "labels": y} for s, (f, y) in result.items()}, path)
     return result
 
 
@@ -128,9 +126,3 @@ class FeatureDataModule(ClassificationDataModule):
 
     def eval_dataloader(self, split: str) -> DataLoader:
         return self._loader(self.datasets[split], batch_size=max(self.batch_size, 256), shuffle=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("test")

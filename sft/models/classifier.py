@@ -292,7 +292,7 @@ class TextClassifier(Classifier):
         id2label: dict[int, str] | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
-        freeze: str = "none",
+        freeze: str | Mapping[str, Any] = "none",
         monitor: str = "val/acc",
         hf_config: dict | None = None,
     ):

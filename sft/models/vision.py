@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,7 @@ class ImageClassifier(Classifier):
         id2label: dict[int, str] | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
-        freeze: str = "none",
+        freeze: str | Mapping[str, Any] = "none",
         monitor: str = "val/acc",
     ):
         super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor)

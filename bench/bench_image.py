@@ -40,26 +40,21 @@ Peers run ``--repeats`` times, interleaved; the table shows medians.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
-import platform
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
+
+import harness
+from harness import cpu_seconds, fmt
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = Path("/work/shared/data/hymenoptera")
 ALL_PEERS = ("plain", "sft", "sft_no_ckpt", "sft_nondet")
 DEFAULT_PEERS = ("plain", "sft", "sft_no_ckpt")
-RESULT_MARKER = "BENCH_RESULT "
 
 ARCH = "efficientnet_lite0"
 SEED = 0
@@ -73,43 +68,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 
 # ============================================================================ shared helpers
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags_summary() -> str:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return ",".join(f for f in wanted if f in flags) or "none of " + ",".join(wanted)
-
-
-def cpu_seconds() -> float:
-    """User + system CPU time of this process so far (all its threads)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process (Linux ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def setup_child(threads: int) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -202,8 +160,6 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
 
 # ============================================================================ peers: sft
 
-_SFT_TIMERS: list[Any] = []
-
 
 def sft_bench_timer() -> Any:
     """Hydra target for the timing callback added to sft's callbacks (``++callbacks.bench_timer``).
@@ -214,56 +170,20 @@ def sft_bench_timer() -> Any:
     """
     import lightning as L
 
-    class BenchTimer(L.Callback):
+    class BenchTimer(harness.FitTimerMixin, L.Callback):
         def __init__(self) -> None:
-            self.train_start = self.train_end = None
-            self.cpu_start = self.cpu_end = 0.0
-            self.val_s = 0.0
-            self.ckpt_s = 0.0
-            self.ckpt_in_val_s = 0.0
-            self.n_ckpt = 0
-            self.n_val = 0
+            super().__init__()
             self.images = 0
             self.steps = 0
             self.init_param_sum: float | None = None
             self.step_s: list[float] = []
             self._step_mark: float | None = None
-            self._val_start: float | None = None
-            self._in_val = False
-            self._wrapped = False
-
-        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-            if self._wrapped:
-                return
-            original = trainer.save_checkpoint
-            timer = self
-
-            def timed_save(*a: Any, **k: Any) -> Any:
-                t = time.perf_counter()
-                try:
-                    return original(*a, **k)
-                finally:
-                    if trainer.state.fn == "fit":
-                        dt = time.perf_counter() - t
-                        timer.ckpt_s += dt
-                        timer.n_ckpt += 1
-                        if timer._in_val:
-                            timer.ckpt_in_val_s += dt
-
-            trainer.save_checkpoint = timed_save
-            self._wrapped = True
 
         def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
             self.init_param_sum = param_checksum(pl_module.model)
 
-        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            self.train_start, self.cpu_start = time.perf_counter(), cpu_seconds()
-
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
             self._step_mark = time.perf_counter()
-
-        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-            self.train_end, self.cpu_end = time.perf_counter(), cpu_seconds()
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             self.images += len(batch["labels"])
@@ -277,28 +197,14 @@ def sft_bench_timer() -> Any:
                 self.step_s.append(now - self._step_mark)
             self._step_mark = now
 
-        def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-            if trainer.state.fn == "fit" and not trainer.sanity_checking:
-                self._val_start = time.perf_counter()
-                self._in_val = True
-                self.n_val += 1
-
-        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-            if self._val_start is not None:
-                self.val_s += time.perf_counter() - self._val_start
-                self._val_start = None
-                self._in_val = False
-
         def summary(self) -> dict[str, Any]:
-            total = (self.train_end or time.perf_counter()) - (self.train_start or time.perf_counter())
-            val_pure = self.val_s - self.ckpt_in_val_s
-            return {"train_s": total - val_pure, "fit_loop_s": total, "val_in_fit_s": val_pure,
-                    "n_val_in_fit": self.n_val, "ckpt_s": self.ckpt_s, "n_ckpt": self.n_ckpt,
+            times = self.fit_times()
+            return {**times, "n_val_in_fit": self.n_val, "ckpt_s": self.ckpt_s, "n_ckpt": self.n_ckpt,
                     "images": self.images, "steps": self.steps, "init_param_sum": self.init_param_sum,
-                    "step_s": self.step_s, "cpu_util": (self.cpu_end - self.cpu_start) / total if total else None}
+                    "step_s": self.step_s, "cpu_util": self.cpu_util(times["fit_loop_s"])}
 
     timer = BenchTimer()
-    _SFT_TIMERS.append(timer)
+    harness.SFT_TIMERS.append(timer)
     return timer
 
 
@@ -337,20 +243,12 @@ def sft_overrides(args: argparse.Namespace, checkpoints: bool, output_dir: Path,
 
 
 def peer_sft(args: argparse.Namespace, checkpoints: bool, deterministic: bool = True) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
-
-    from sft.run import CONFIG_DIR
     from sft.train import train
 
     run_dir = args.workdir / "run"
     overrides = sft_overrides(args, checkpoints, run_dir, deterministic)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    print("[bench] sft overrides: " + " ".join(overrides), file=sys.stderr)
-    metrics = train(cfg)
-    if not _SFT_TIMERS:
-        raise RuntimeError("the bench timer callback was not instantiated (callbacks.bench_timer ignored?)")
-    timing = _SFT_TIMERS[-1].summary()
+    metrics = train(harness.compose_sft(overrides, show=True))
+    timing = harness.timer_summary()
     # val/acc: sft's post-fit validate of the best checkpoint (= the final weights: the only in-fit
     # validation is after the last epoch), as written to <run>/metrics.json.
     metrics_file = run_dir / "metrics.json"
@@ -372,35 +270,28 @@ def peer_sft(args: argparse.Namespace, checkpoints: bool, deterministic: bool = 
 # ============================================================================ child entry
 
 
+PEERS = {
+    "plain": peer_plain,
+    "sft": lambda args: peer_sft(args, checkpoints=True),
+    "sft_no_ckpt": lambda args: peer_sft(args, checkpoints=False),
+    "sft_nondet": lambda args: peer_sft(args, checkpoints=True, deterministic=False),
+}
+
+
 def run_child(args: argparse.Namespace) -> int:
-    setup_child(THREADS)
+    harness.setup_child(THREADS, env={"HF_HUB_OFFLINE": "1"})
     peer = args.peer
-    result: dict[str, Any] = {"peer": peer, "epochs": args.epochs}
-    try:
-        if peer == "plain":
-            result.update(peer_plain(args))
-        elif peer == "sft":
-            result.update(peer_sft(args, checkpoints=True))
-        elif peer == "sft_no_ckpt":
-            result.update(peer_sft(args, checkpoints=False))
-        elif peer == "sft_nondet":
-            result.update(peer_sft(args, checkpoints=True, deterministic=False))
-        else:
+
+    def run() -> dict[str, Any]:
+        if peer not in PEERS:
             raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(ALL_PEERS)}")
+        result = PEERS[peer](args)
         if not result["images"]:
             raise RuntimeError("no training images were processed")
-        result["status"] = "ok"
-        result["images_per_s"] = result["images"] / result["train_s"]
-    except BaseException as e:  # noqa: BLE001 - report, the parent decides
-        traceback.print_exc()
-        result.update({"status": "failed", "error": f"{type(e).__name__}: {e}"})
-    import torch
+        return result
 
-    result["peak_rss_mib"] = peak_rss_mib()
-    result["torch_threads"] = torch.get_num_threads()
-    sys.stdout.flush()
-    print(RESULT_MARKER + json.dumps(result), flush=True)
-    return 0 if result["status"] == "ok" else 1
+    return harness.child_main({"peer": peer, "epochs": args.epochs}, run,
+                              lambda r: {"images_per_s": r["images"] / r["train_s"]})
 
 
 # ============================================================================ parent
@@ -409,46 +300,12 @@ def run_child(args: argparse.Namespace) -> int:
 def run_peer(name: str, repeat: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     peer_dir = workdir / f"{name}-{repeat}"
     peer_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--peer", name, "--data-dir", str(args.data_dir),
-           "--epochs", str(args.epochs), "--workdir", str(peer_dir)]
-    log_path = workdir / f"{name}-{repeat}.log"
-    print(f"[bench] running {name} (repeat {repeat}) ...", file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=str(HERE.parent))
-        stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as e:
-        stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        stderr = (e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")) + f"\n[timeout after {args.timeout}s]"
-        rc = -9
-    wall = time.perf_counter() - started
-    log_path.write_text(f"$ {' '.join(cmd)}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
-    result: dict[str, Any] | None = None
-    for line in stdout.splitlines():
-        if line.startswith(RESULT_MARKER):
-            try:
-                result = json.loads(line[len(RESULT_MARKER):])
-            except json.JSONDecodeError:
-                pass
-    tail = "\n".join((stderr or "").strip().splitlines()[-25:])
-    if result is None:
-        result = {"peer": name, "status": "failed", "error": f"no result line (exit code {rc})"}
-    if result.get("status") != "ok":
-        result["stderr_tail"] = tail
-    result.update({"repeat": repeat, "process_wall_s": wall, "exit_code": rc, "load_avg_after": os.getloadavg()})
-    if args.verbose:
-        print(stderr, file=sys.stderr)
-    status = result.get("status")
-    msg = (f"{result['images']} images in {result['train_s']:.1f}s = {result['images_per_s']:.2f} images/s, "
-           f"val acc {result['val_acc']:.4f}" if status == "ok" else result.get("error", ""))
-    print(f"[bench] {name} (repeat {repeat}): {status} in {wall:.0f}s ({msg})", file=sys.stderr, flush=True)
-    if status != "ok":
-        print(f"[bench] {name} stderr tail:\n{tail}", file=sys.stderr, flush=True)
-    return result
-
-
-def fmt(value: Any, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
+    return harness.run_peer(
+        __file__, name, ["--data-dir", str(args.data_dir), "--epochs", str(args.epochs), "--workdir", str(peer_dir)],
+        label=f"{name} (repeat {repeat})", log_path=workdir / f"{name}-{repeat}.log", timeout=args.timeout,
+        verbose=args.verbose, tag={"repeat": repeat}, load_avg=True,
+        describe=lambda r: (f"{r['images']} images in {r['train_s']:.1f}s = {r['images_per_s']:.2f} images/s, "
+                            f"val acc {r['val_acc']:.4f}"))
 
 
 def summarize(runs: list[dict[str, Any]], peers: list[str]) -> list[dict[str, Any]]:
@@ -495,7 +352,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         ok = "images_per_s" in r
         spread = (f"{min(r['images_per_s_all']):.2f}-{max(r['images_per_s_all']):.2f}"
                   if ok and len(r["images_per_s_all"]) > 1 else "")
-        notes = r.get("notes", "") if ok else (r.get("error", "") or "").replace("|", "/")[:120]
+        notes = r.get("notes", "") if ok else harness.failure_note(r)
         lines.append(
             f"| {r['peer']} | {r['status']} | {r['runs']} | {fmt(r.get('train_s'), '.1f')} | "
             f"{fmt(r.get('images'), 'd')} | {fmt(r.get('images_per_s'), '.2f')} | {spread} | "
@@ -528,53 +385,34 @@ def target_lines(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list
     return out
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for mod in ("torch", "torchvision", "timm", "lightning", "hydra"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            out[mod] = "unavailable"
-    return out
-
-
 def run_parent(args: argparse.Namespace) -> int:
-    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = [p for p in peers if p not in ALL_PEERS]
-    if unknown:
-        print(f"unknown peer(s) {unknown}; choose from {', '.join(ALL_PEERS)}", file=sys.stderr)
+    peers = harness.parse_peers(args.peers, ALL_PEERS)
+    if peers is None:
         return 2
     for split in ("train", "val"):
         if not (args.data_dir / split).is_dir():
             print(f"{args.data_dir / split} does not exist (set --data-dir to an ImageFolder tree with train/ "
                   "and val/)", file=sys.stderr)
             return 2
-    workdir = Path(tempfile.mkdtemp(prefix="sft-bench-image-"))
     source_dir = args.data_dir
-    if args.train_per_class is not None or args.val_per_class is not None:
-        args.data_dir = make_subset(source_dir, workdir / "data", args.train_per_class, args.val_per_class)
-    counts = count_images(args.data_dir)
-    n_train, n_val = sum(counts["train"].values()), sum(counts["val"].values())
-    print(f"[bench] {len(peers)} peer(s) x {args.repeats} repeat(s), {args.epochs} epoch(s), data {args.data_dir} "
-          f"(train {n_train}, val {n_val}), work dir {workdir}", file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    runs: list[dict[str, Any]] = []
-    try:
+    with harness.scratch_dir("sft-bench-image-", args.keep) as workdir:
+        if args.train_per_class is not None or args.val_per_class is not None:
+            args.data_dir = make_subset(source_dir, workdir / "data", args.train_per_class, args.val_per_class)
+        counts = count_images(args.data_dir)
+        n_train, n_val = sum(counts["train"].values()), sum(counts["val"].values())
+        print(f"[bench] {len(peers)} peer(s) x {args.repeats} repeat(s), {args.epochs} epoch(s), data "
+              f"{args.data_dir} (train {n_train}, val {n_val}), work dir {workdir}", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        runs: list[dict[str, Any]] = []
         # Interleaved (plain, sft, ..., plain, sft, ...): slow drifts in machine load hit every peer alike.
         for repeat in range(args.repeats):
             runs += [run_peer(p, repeat, args, workdir) for p in peers]
-    finally:
-        if args.keep:
-            print(f"[bench] kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     rows = summarize(runs, peers)
     sums = {r["peer"]: r.get("init_param_sum") for r in rows if r.get("init_param_sum") is not None}
     same_init = len({round(v, 6) for v in sums.values()}) <= 1 if sums else None
     report = {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **harness.report_stamp(),
         "task": {"model": f"{ARCH} (packaged ImageNet weights, timm tf_efficientnet_lite0)", "freeze": "none",
                  "data": str(source_dir), "subset_per_class": {"train": args.train_per_class,
                                                                "val": args.val_per_class},
@@ -582,9 +420,8 @@ def run_parent(args: argparse.Namespace) -> int:
                  "drop_last": True, "optimizer": "AdamW (fused), decay on weight matrices only", "lr": LR,
                  "weight_decay": WEIGHT_DECAY, "schedule": "constant", "epochs": args.epochs, "seed": SEED,
                  "precision": "fp32", "num_workers": 0, "torch_threads": THREADS, "repeats": args.repeats},
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags_summary(),
-                    "load_avg_at_end": os.getloadavg()},
-        "versions": versions(),
+        "machine": harness.machine_info(),
+        "versions": harness.versions(("torch", "torchvision", "timm", "lightning", "hydra")),
         "bench_wall_s": time.perf_counter() - started,
         "same_initial_weights": same_init,
         "summary": rows,
@@ -611,16 +448,12 @@ def run_parent(args: argparse.Namespace) -> int:
     report["contended_runs"] = contended
     report["table_markdown"] = table
     report["target"] = targets
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n[bench] wrote {out}", file=sys.stderr)
+    harness.write_report(report, args.output)
     return 0 if all(r.get("status") == "ok" for r in runs) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.new_parser(__doc__)
     p.add_argument("--peers", default=",".join(DEFAULT_PEERS),
                    help=f"comma list from {', '.join(ALL_PEERS)} (default {','.join(DEFAULT_PEERS)})")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
@@ -637,10 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 1 epoch, 32 train + 16 val images per class, 1 repeat")
     p.add_argument("--timeout", type=int, default=None, help="seconds per peer run (default 1800; 600 with --quick)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary work folder (peer logs, sft run dirs)")
-    p.add_argument("--verbose", action="store_true", help="echo each peer's stderr")
-    p.add_argument("--peer", help=argparse.SUPPRESS)  # internal: run one peer in this process
-    p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    harness.add_run_args(p)
     args = p.parse_args(argv)
 
     if args.epochs is None:
@@ -658,12 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--epochs and --repeats must be >= 1")
     args.data_dir = args.data_dir.expanduser().resolve()
 
-    if args.peer:
-        if args.workdir is None:
-            args.workdir = Path(tempfile.mkdtemp(prefix=f"sft-bench-image-{args.peer}-"))
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        return run_child(args)
-    return run_parent(args)
+    return harness.dispatch(args, "sft-bench-image-", run_child, run_parent)
 
 
 if __name__ == "__main__":

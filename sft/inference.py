@@ -71,13 +71,33 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     return model, {"tokenizer": load_tokenizer(str(tokenizer_source))}
 
 
+def calibration_temperature(path: str | Path) -> float:
+    """The temperature ``sft.explain`` fitted on the validation split (``calibration.json`` beside the export)."""
+    from sft.explain import CALIBRATION_FILE
+
+    p = Path(path).expanduser()
+    run_dir = p.parent.parent if p.is_file() else (p.parent if (p.parent / "run.json").is_file() else p)
+    candidates = [p / CALIBRATION_FILE] if p.is_dir() else []
+    candidates += [run_dir / "export" / CALIBRATION_FILE, run_dir / CALIBRATION_FILE]
+    for candidate in candidates:
+        if candidate.is_file():
+            temperature = float(json.loads(candidate.read_text())["temperature"])
+            if not temperature > 0:
+                raise ConfigError(f"{candidate}: temperature {temperature} must be positive; rerun sft.explain.")
+            return temperature
+    raise ConfigError(f"No {CALIBRATION_FILE} for {str(p)!r}: the temperature is fitted by the report. Run "
+                      f"`python -m sft.explain <run folder>` (or train with the report on), or drop --calibrated.")
+
+
 def label_names(model: Any) -> list[str]:
     id2label = model.hparams.id2label
     return [id2label[i] for i in range(len(id2label))]
 
 
-def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int = 128, batch_size: int = 64) -> Any:
-    """Class probabilities, one row per text in the given order (batched by length internally)."""
+def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int = 128, batch_size: int = 64,
+                  temperature: float = 1.0) -> Any:
+    """Class probabilities (softmax of logits / temperature), one row per text in the given order (batched by
+    length internally)."""
     import torch
 
     from sft.data.batching import PadCollator
@@ -92,12 +112,13 @@ def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int 
             idx = order[start : start + batch_size]
             batch = collate([(torch.tensor(encoded[i]), 0) for i in idx])
             logits = model(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device))
-            probs[idx] = logits.float().softmax(-1).cpu()
+            probs[idx] = (logits.float() / temperature).softmax(-1).cpu()
     return probs
 
 
-def predict_image_proba(model: Any, preprocess: dict[str, Any], paths: list[str], batch_size: int = 32) -> Any:
-    """Class probabilities, one row per image file in the given order. Every file is checked first, so an
+def predict_image_proba(model: Any, preprocess: dict[str, Any], paths: list[str], batch_size: int = 32,
+                        temperature: float = 1.0) -> Any:
+    """Class probabilities (softmax of logits / temperature), one row per image file in the given order. Every file is checked first, so an
     unreadable one is a clear error naming it, before any work."""
     import torch
     from torch.utils.data import DataLoader
@@ -111,5 +132,6 @@ def predict_image_proba(model: Any, preprocess: dict[str, Any], paths: list[str]
     model.eval()
     with torch.inference_mode():
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            probs.append(model.logits({"pixel_values": batch["pixel_values"].to(model.device)}).float().softmax(-1).cpu())
+            logits = model.logits({"pixel_values": batch["pixel_values"].to(model.device)}).float()
+            probs.append((logits / temperature).softmax(-1).cpu())
     return torch.cat(probs)

@@ -95,14 +95,16 @@ def predict_rows(model_path: str, texts: list[str], max_length: int = 128, batch
     return predict_with(model, inputs, texts, max_length, batch_size)
 
 
-def predict_with(model, inputs: dict, items: list[str], max_length: int = 128, batch_size: int = 64) -> list[dict]:
+def predict_with(model, inputs: dict, items: list[str], max_length: int = 128, batch_size: int = 64,
+                 temperature: float = 1.0) -> list[dict]:
     from sft.inference import label_names, predict_image_proba, predict_proba
 
     names = label_names(model)
     if model.modality == "image":
-        probs = predict_image_proba(model, inputs["preprocess"], items, batch_size=batch_size)
+        probs = predict_image_proba(model, inputs["preprocess"], items, batch_size=batch_size, temperature=temperature)
         return prediction_rows(names, items, probs.tolist(), "path")
-    probs = predict_proba(model, inputs["tokenizer"], items, max_length=max_length, batch_size=batch_size)
+    probs = predict_proba(model, inputs["tokenizer"], items, max_length=max_length, batch_size=batch_size,
+                          temperature=temperature)
     return prediction_rows(names, items, probs.tolist(), "text")
 
 
@@ -128,15 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--calibrated", action="store_true", help="divide logits by the temperature the report "
+                        "fitted on the validation split (calibration.json), for calibrated probabilities")
     args = parser.parse_args(argv)
     try:
-        from sft.inference import load_model
+        from sft.inference import calibration_temperature, load_model
 
+        temperature = calibration_temperature(args.model) if args.calibrated else 1.0
         model, inputs = load_model(args.model)
         items = read_image_paths(args.input) if model.modality == "image" else read_texts(args.input, args.text_column)
         if not items:
             raise DataError(f"--input {args.input!r}: nothing to predict.")
-        rows = predict_with(model, inputs, items, args.max_length, args.batch_size)
+        rows = predict_with(model, inputs, items, args.max_length, args.batch_size, temperature)
     except SftError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -45,5 +45,15 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.optimized_metric)
 
 
-if __name__ == "__main__":
+# Hydra reads `report=false` as a boolean, but report is a config group (its options are names):
+# the natural spelling means report=none.
+REPORT_OFF = {"report=false", "report=off", "report=no"}
+
+
+def cli() -> None:
+    sys.argv = ["report=none" if arg.lower() in REPORT_OFF else arg for arg in sys.argv]
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -183,9 +183,34 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if best:
                 model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
             model.export(output_dir / "export", datamodule)
-        path = write_metrics(output_dir, metrics)  # last: its presence marks a finished run
+        path = write_metrics(output_dir, metrics)  # its presence marks a finished run
         summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val/acc", "test/acc", "test/f1") if k in metrics)
         log.info("Done: %s. Results in %s (metrics: %s)", summary, output_dir, path.name)
+        if cfg.get("test", True):
+            metrics = report_and_record(cfg, model, datamodule, output_dir, metrics)
+    return metrics
+
+
+def report_and_record(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path,
+                      metrics: dict[str, float]) -> dict[str, float]:
+    """The trust report (after the results are safe on disk); its calibration numbers join metrics.json."""
+    from sft.explain import report_after_training
+    from sft.rundir import write_metrics
+
+    try:
+        report = report_after_training(cfg, model, datamodule, output_dir)
+    except Exception:
+        log.error("The report failed; the model, export and metrics are saved. Retry with "
+                  "`python -m sft.explain %s` (or skip it with report=none).", output_dir)
+        raise
+    cal = (report or {}).get("sections", {}).get("calibration")
+    if cal:
+        split = cfg.report.get("split", "test")
+        metrics = {**metrics, f"{split}/ece": cal["before"]["ece"], f"{split}/nll": cal["before"]["nll"],
+                   f"{split}/brier": cal["before"]["brier"]}
+        if cal.get("after"):
+            metrics.update({f"{split}/ece_calibrated": cal["after"]["ece"], "calibration/temperature": cal["temperature"]})
+        write_metrics(output_dir, metrics)
     return metrics
 
 

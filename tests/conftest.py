@@ -18,6 +18,7 @@ FAST = [
     "++trainer.enable_model_summary=false",
     "callbacks.progress_bar=null",
     "torch_threads=2",
+    "report=none",  # the report has its own tests (tests/test_report_*.py, tests/test_explain.py)
 ]
 
 

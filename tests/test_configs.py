@@ -11,7 +11,8 @@ from sft.run import CONFIG_DIR
 from sft.train import build, train
 from tests.conftest import FAST
 
-GROUPS = ["model", "data", "optimizer", "scheduler", "freeze", "trainer", "logger", "callbacks", "experiment", "debug"]
+GROUPS = ["model", "data", "optimizer", "scheduler", "freeze", "trainer", "logger", "callbacks", "report", "experiment",
+          "debug"]
 
 
 def options(group: str) -> list[str]:

@@ -116,12 +116,21 @@ def run_sklearn_head(cfg: Any, model: Any, datamodule: Any, output_dir: Path) ->
     metrics.update({"params/total": float(sum(p.numel() for p in model.backbone.parameters()) +
                                           sum(int(a.size) for a in fitted)),
                     "params/trainable": float(sum(int(a.size) for a in fitted))})
+    in_model = pooling == "head" and linear_head_into_model(estimator, model, num_labels)
     if cfg.get("export", True):
         export_dir = output_dir / "export"
-        if pooling == "head" and linear_head_into_model(estimator, model, num_labels):
+        if in_model:
             model.export(export_dir, datamodule)  # an ordinary export: the head now is the fitted estimator
         save_estimator(estimator, export_dir, pooling, datamodule.label_names)
     path = write_metrics(output_dir, metrics)
     summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val/acc", "test/acc", "test/f1") if k in metrics)
     log.info("Done: %s. Results in %s (metrics: %s)", summary, output_dir, path.name)
+    if cfg.get("test", True) and cfg.get("report") and cfg.report.get("enabled", True):
+        if in_model:  # the model now computes the estimator's probabilities: the usual report applies
+            from sft.train import report_and_record
+
+            metrics = report_and_record(cfg, model, datamodule, output_dir, metrics)
+        else:
+            log.warning("No report: the %s head reads %s-pooled features the model's own head does not take.",
+                        type(estimator).__name__, pooling)
     return metrics

@@ -26,15 +26,23 @@ class SplitOutputs:
 
 
 def collect_outputs(model: Any, datamodule: Any, split: str) -> SplitOutputs:
-    """Run ``model.logits`` over ``datamodule.eval_dataloader(split)`` (sequential: split order)."""
+    """``model.logits`` over a split, rows in split order. Text batches go by length (``ordered_dataloader``:
+    half the padding), and rows are put back in split order."""
+    ordered = hasattr(datamodule, "ordered_dataloader")
+    loader = datamodule.ordered_dataloader(split) if ordered else datamodule.eval_dataloader(split)
     logits, labels = [], []
     model.eval()
     with torch.inference_mode():
-        for batch in datamodule.eval_dataloader(split):
+        for batch in loader:
             batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             logits.append(model.logits(batch).float().cpu())
             labels.append(batch["labels"].cpu())
-    return SplitOutputs(torch.cat(logits), torch.cat(labels).long())
+    logits_t, labels_t = torch.cat(logits), torch.cat(labels).long()
+    batches = getattr(loader, "batch_sampler", None)
+    if ordered and isinstance(batches, list):  # length-sorted: scatter back to split order
+        order = torch.tensor([i for batch in batches for i in batch])
+        logits_t[order], labels_t[order] = logits_t.clone(), labels_t.clone()
+    return SplitOutputs(logits_t, labels_t)
 
 
 @dataclass

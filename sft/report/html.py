@@ -225,6 +225,10 @@ def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+def _sig(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}g}" if isinstance(value, float) else _num(value)
+
+
 def _num(value: Any, digits: int = 3) -> str:
     if value is None:
         return MISSING
@@ -342,11 +346,11 @@ def _skipped_box(skipped: dict[str, Any]) -> str:
 def _timings_table(timings: dict[str, Any], skipped: dict[str, Any]) -> str:
     if not timings:
         return ""
-    rows = [[_esc(name), _num(seconds, 2), "skipped" if name in skipped else ""]
+    rows = [[_esc(name) + (" (skipped)" if name in skipped else ""), _num(seconds, 2)]
             for name, seconds in timings.items()]
     total = sum(s for s in timings.values() if _is_num(s))
-    rows.append(["<b>total</b>", f"<b>{total:.2f}</b>", ""])
-    table = _table(["section", "seconds", ""], rows)
+    rows.append(["<b>total</b>", f"<b>{total:.2f}</b>"])
+    table = _table(["section", "seconds"], rows)
     return f'<section id="timings"><h2>Time per section</h2>{table}</section>'
 
 
@@ -585,8 +589,9 @@ def _text_example(example: dict[str, Any]) -> str:
         span = f'<span class="{css}"{style} title="{_esc(token)}: {value}">{_esc(text)}</span>'
         pieces.append((" " if space and i > 0 else "") + span)
     delta = example.get("delta")
-    footer = (f'<div class="meta">strongest |score| {_num(scale, 4)} · delta '
-              f"{'n/a' if delta is None else _num(delta, 4)}</div>")
+    # Significant digits, not decimals: a small model's scores can all be below 1e-4.
+    footer = (f'<div class="meta">strongest |score| {_sig(scale)} · delta '
+              f"{'n/a' if delta is None else _sig(delta)}</div>")
     return f'<div class="tokens">{"".join(pieces)}</div>{footer}'
 
 

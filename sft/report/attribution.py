@@ -1,0 +1,443 @@
+"""Attributions: which tokens / pixels pushed selected test predictions toward their predicted class.
+
+Examples are the most confident correct, most confident wrong and least confident test predictions
+(:func:`select_examples`). Every method explains the probability of the predicted class:
+
+text (``report.attributions.method``):
+    integrated_gradients  captum LayerIntegratedGradients on the embedding layer; baseline = the input with
+                          every non-special token replaced by [PAD] ([CLS]/[SEP] kept). Scores sum (up to
+                          the reported convergence delta) to p(x) - p(baseline).
+    occlusion             each token replaced by [PAD] in turn: score = p(x) - p(x without it).
+    lime / kernel_shap    surrogate fits on ``n_samples`` random subsets of the tokens (removed = [PAD]).
+    Special tokens are never perturbed and score 0.
+images (``report.attributions.image_method``):
+    grad_cam              captum LayerGradCam on the last backbone block (from the block map) on the logit,
+                          upsampled to the input size. A ViT has no spatial map: integrated gradients instead.
+    integrated_gradients  on the pixels; baseline 0 in normalised space (the dataset's mean colour).
+    occlusion             square windows set to 0 in normalised space (the same grid as faithfulness).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from sft.errors import ConfigError
+
+TEXT_METHODS = ("integrated_gradients", "occlusion", "lime", "kernel_shap")
+IMAGE_METHODS = ("grad_cam", "integrated_gradients", "occlusion")
+KINDS = ("confident_correct", "confident_wrong", "least_confident")
+DEFAULTS: dict[str, Any] = {"examples": 3, "method": "integrated_gradients", "image_method": "grad_cam",
+                            "n_steps": 50, "internal_batch_size": 16, "n_samples": 200}
+HEATMAP_SIZE = 56  # heatmaps are stored downsampled to at most this many cells a side
+PERTURBATIONS_PER_CALL = 64  # perturbed inputs per forward for occlusion / lime / kernel_shap
+IG_GROUP = 4  # texts explained per integrated gradients call (amortises its fixed forward passes)
+GRID_CELLS = 14  # images are cut into about 14 x 14 square patches (16 px at 224)
+
+
+# ---------------------------------------------------------------------- settings
+def attribution_settings(settings: dict[str, Any] | None, where: str = "report.attributions") -> dict[str, Any]:
+    """``settings`` over :data:`DEFAULTS`, with the numbers checked (errors name ``<where>.<key>``)."""
+    merged = {**DEFAULTS, **{k: v for k, v in (settings or {}).items() if v is not None}}
+    for key, minimum in (("examples", 0), ("n_steps", 1), ("internal_batch_size", 1), ("n_samples", 1)):
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{where}.{key}={value!r} must be an integer >= {minimum}.")
+    return merged
+
+
+def check_method(method: str, modality: str, setting: str = "report.attributions.method") -> str:
+    """``method`` if it exists for ``modality``, else a ConfigError naming ``setting`` and the choices."""
+    choices = TEXT_METHODS if modality == "text" else IMAGE_METHODS
+    if method not in choices:
+        raise ConfigError(f"{setting}={method!r} is not an attribution method for {modality} models: "
+                          f"choose one of {', '.join(choices)}.")
+    return method
+
+
+def patch_size(height: int, width: int) -> int:
+    """Side in pixels of the square image units (occlusion windows, faithfulness patches)."""
+    return max(1, round(min(height, width) / GRID_CELLS))
+
+
+# ---------------------------------------------------------------------- example selection
+def select_examples(probs: torch.Tensor, labels: torch.Tensor, per_kind: int) -> list[tuple[str, int]]:
+    """Up to ``per_kind`` (kind, index) pairs for each of :data:`KINDS`, by top-label confidence: the most
+    confident correct, the most confident wrong, then the least confident among the rest (no index twice).
+    A kind gets fewer when there are not enough candidates (e.g. no wrong predictions). Ties: lower index first.
+    """
+    confidence, preds = probs.float().max(-1)
+    correct = (preds == labels.to(preds.device)).tolist()
+    conf = confidence.tolist()
+    most_first = sorted(range(len(conf)), key=lambda i: (-conf[i], i))
+    least_first = sorted(range(len(conf)), key=lambda i: (conf[i], i))
+    chosen: list[tuple[str, int]] = []
+    used: set[int] = set()
+    for kind, candidates in (("confident_correct", [i for i in most_first if correct[i]]),
+                             ("confident_wrong", [i for i in most_first if not correct[i]]),
+                             ("least_confident", least_first)):
+        taken = 0
+        for i in candidates:
+            if taken >= per_kind:
+                break
+            if i not in used:
+                chosen.append((kind, i))
+                used.add(i)
+                taken += 1
+    return chosen
+
+
+# ---------------------------------------------------------------------- shared
+@contextmanager
+def attribution_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) with gradients on, even when called under ``torch.no_grad``; the model's
+    mode is restored after. Captum asks autograd only for input / activation gradients, so frozen
+    parameters are fine and no parameter ``.grad`` is touched."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------------- text
+def pad_id(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.unk_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def pad_batch(sequences: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask) of id sequences of different lengths."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def special_token_mask(tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """True at [CLS]/[SEP]/<s>/</s>/[PAD] and padding: positions never perturbed nor ranked."""
+    ids = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
+           tokenizer.pad_token_id} - {None}
+    special = torch.isin(input_ids, torch.tensor(sorted(ids), dtype=input_ids.dtype, device=input_ids.device))
+    return special | (attention_mask == 0)
+
+
+def text_probability_forward(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(input_ids, attention_mask) -> class probabilities (B, C)."""
+    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return model.logits({"input_ids": input_ids, "attention_mask": attention_mask}).float().softmax(-1)
+
+    return forward
+
+
+def embedding_layer(model: nn.Module) -> nn.Module:
+    """The embeddings module (word + position + type, normalised) of BERT / RoBERTa / DistilBERT, which all
+    call it ``embeddings`` on the base model; the word embeddings of anything else."""
+    layer = getattr(model.backbone, "embeddings", None)
+    return layer if isinstance(layer, nn.Module) else model.model.get_input_embeddings()
+
+
+def _lime_similarity(n_features: int) -> Callable[..., float]:
+    """LIME's text kernel (LimeTextExplainer: sqrt(exp(-(100 d)^2 / 25^2)) = exp(-8 d^2)) on the cosine
+    distance d between the kept-token vector and all-kept, over the first ``n_features`` (real tokens)."""
+    def similarity(original: Any, perturbed: Any, interpretable: torch.Tensor, **kwargs: Any) -> float:
+        kept = interpretable.reshape(-1)[:n_features].float()
+        if kept.sum() == 0:
+            return math.exp(-8.0)
+        distance = 1.0 - float(kept.sum()) / math.sqrt(float(kept.sum()) * n_features)
+        return math.exp(-8.0 * distance * distance)
+
+    return similarity
+
+
+def text_attribution_batch(model: nn.Module, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           targets: torch.Tensor, method: str, settings: dict[str, Any]
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token scores (B, L) toward ``targets`` (special tokens and padding: 0) and the integrated
+    gradients convergence deltas (B,) (None for other methods). Integrated gradients runs the batch at
+    once; the perturbation methods run one example at a time (captum fits one surrogate per example)."""
+    check_method(method, "text")
+    settings = attribution_settings(settings)
+    device = _device(model)
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    targets = torch.as_tensor(targets, device=device).reshape(-1)
+    special = special_token_mask(tokenizer, input_ids, attention_mask)
+    pad = pad_id(tokenizer)
+    forward = text_probability_forward(model)
+    with attribution_mode(model):
+        if method == "integrated_gradients":
+            from captum.attr import LayerIntegratedGradients
+
+            baseline = torch.where(special, input_ids, torch.full_like(input_ids, pad))
+            lig = LayerIntegratedGradients(forward, embedding_layer(model))
+            attributions, delta = lig.attribute(
+                input_ids, baselines=baseline, target=targets, additional_forward_args=(attention_mask,),
+                n_steps=settings["n_steps"], internal_batch_size=settings["internal_batch_size"] * len(input_ids),
+                return_convergence_delta=True)
+            scores = attributions.sum(-1).detach().float()
+            return scores.masked_fill(special, 0.0).cpu(), delta.detach().float().reshape(-1).cpu()
+        rows = [_perturbation_scores(forward, input_ids[i : i + 1], attention_mask[i : i + 1], special[i : i + 1],
+                                     int(targets[i]), pad, method, settings) for i in range(len(input_ids))]
+        return torch.cat(rows).masked_fill(special.cpu(), 0.0), None
+
+
+def _perturbation_scores(forward: Callable[..., torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         special: torch.Tensor, target: int, pad: int, method: str, settings: dict[str, Any]
+                         ) -> torch.Tensor:
+    """Occlusion / LIME / KernelSHAP scores (1, L) for one example, tokens removed = [PAD]."""
+    from captum.attr import KernelShap, Lime, Occlusion
+
+    def restored_forward(ids: torch.Tensor, original: torch.Tensor, keep: torch.Tensor,
+                         mask: torch.Tensor) -> torch.Tensor:
+        # Special tokens always stay what they were, whatever the method perturbs.
+        return forward(torch.where(keep, original, ids), mask)
+
+    extra = (input_ids, special, attention_mask)
+    with torch.no_grad():
+        if method == "occlusion":
+            scores = Occlusion(restored_forward).attribute(
+                input_ids, sliding_window_shapes=(1,), strides=1, baselines=pad, target=target,
+                additional_forward_args=extra, perturbations_per_eval=PERTURBATIONS_PER_CALL)
+            return scores.float().cpu()
+        real = ~special[0]
+        if int(real.sum()) == 0:
+            return torch.zeros(input_ids.shape)
+        # One feature per real token; all special tokens share one last feature (never changes anything).
+        feature_mask = torch.full_like(input_ids, int(real.sum()))
+        feature_mask[0, real] = torch.arange(int(real.sum()), device=input_ids.device)
+        if method == "lime":
+            from captum._utils.models.linear_model import SkLearnRidge
+
+            explainer: Any = Lime(restored_forward, interpretable_model=SkLearnRidge(alpha=1.0),
+                                  similarity_func=_lime_similarity(int(real.sum())))
+        else:
+            explainer = KernelShap(restored_forward)
+        scores = explainer.attribute(input_ids, baselines=pad, target=target, additional_forward_args=extra,
+                                     feature_mask=feature_mask, n_samples=settings["n_samples"],
+                                     perturbations_per_eval=PERTURBATIONS_PER_CALL)
+        return scores.float().cpu()
+
+
+def text_attributions(model: nn.Module, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      target: int, method: str, settings: dict[str, Any]
+                      ) -> tuple[list[str], list[float], float | None]:
+    """``(tokens, scores, delta)`` for ONE example (input_ids of shape (1, L)) on a TextClassifier: one signed
+    score per token toward class ``target`` (special tokens: 0); delta is integrated gradients' convergence
+    delta (sum of scores minus (p(x) - p(baseline))), None for the other methods."""
+    if input_ids.ndim != 2 or len(input_ids) != 1:
+        raise ValueError(f"text_attributions explains one example: input_ids must be (1, L), got {tuple(input_ids.shape)}.")
+    scores, delta = text_attribution_batch(model, tokenizer, input_ids, attention_mask,
+                                           torch.tensor([int(target)]), method, settings)
+    tokens = tokenizer.convert_ids_to_tokens(input_ids[0].tolist())
+    return list(tokens), [float(s) for s in scores[0]], None if delta is None else float(delta[0])
+
+
+def text_scores_for(model: nn.Module, tokenizer: Any, sequences: list[torch.Tensor], targets: list[int], method: str,
+                    settings: dict[str, Any]) -> tuple[list[torch.Tensor], list[float | None]]:
+    """Scores (one per token) and deltas of many unpadded id sequences. Integrated gradients explains
+    :data:`IG_GROUP` texts of similar length per call (its fixed cost per call is several forward passes)."""
+    scores: list[torch.Tensor] = [torch.empty(0)] * len(sequences)
+    deltas: list[float | None] = [None] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    group = IG_GROUP if method == "integrated_gradients" else 1
+    for start in range(0, len(order), group):
+        rows = order[start : start + group]
+        ids, mask = pad_batch([sequences[i] for i in rows], pad_id(tokenizer))
+        batch_scores, batch_deltas = text_attribution_batch(model, tokenizer, ids, mask,
+                                                            torch.tensor([targets[i] for i in rows]), method, settings)
+        for k, i in enumerate(rows):
+            scores[i] = batch_scores[k, : len(sequences[i])]
+            deltas[i] = None if batch_deltas is None else float(batch_deltas[k])
+    return scores, deltas
+
+
+# ---------------------------------------------------------------------- images
+def _image_module(model: nn.Module) -> nn.Module:
+    """The torchvision / timm network inside an ImageClassifier (the model itself otherwise)."""
+    inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def image_logits_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    if hasattr(model, "logits"):
+        return lambda pixels: model.logits({"pixel_values": pixels}).float()
+    return lambda pixels: model(pixels).float()
+
+
+def grad_cam_layer(model: nn.Module) -> nn.Module | None:
+    """The last backbone block before the head, from the block map (ResNet ``layer4``, EfficientNet's last
+    stage / head conv, a ViT's last encoder layer); without a block map the last Conv2d; None if neither."""
+    from sft.finetune.blocks import block_map, group_modules
+
+    net = _image_module(model)
+    try:
+        bmap = block_map(net)
+    except ConfigError:  # an architecture without a map (MobileNet, ConvNeXt...): Grad-CAM's classic layer
+        convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+        return convs[-1] if convs else None
+    modules = group_modules(net, bmap, bmap.block_names()[-1])
+    return modules[-1] if modules else None
+
+
+def image_attribution_maps(model: nn.Module, pixels: torch.Tensor, targets: torch.Tensor, method: str,
+                           settings: dict[str, Any], layer: nn.Module | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """Signed per-pixel maps (B, H, W) toward ``targets`` (channels summed), integrated gradients deltas (B,)
+    or None, and the method actually used (grad_cam falls back to integrated_gradients when ``layer`` has
+    no spatial output, as in a ViT). ``layer`` defaults to :func:`grad_cam_layer`."""
+    check_method(method, "image", "report.attributions.image_method")
+    settings = attribution_settings(settings)
+    device = _device(model)
+    pixels = pixels.to(device)
+    targets = torch.as_tensor(targets, device=device).reshape(-1)
+    logits = image_logits_forward(model)
+    height, width = pixels.shape[-2:]
+    with attribution_mode(model):
+        if method == "grad_cam":
+            from captum.attr import LayerAttribution, LayerGradCam
+
+            layer = layer if layer is not None else grad_cam_layer(model)
+            coarse = LayerGradCam(logits, layer).attribute(pixels, target=targets) if layer is not None else None
+            if coarse is not None and coarse.ndim == 4:
+                fine = LayerAttribution.interpolate(coarse.detach().float(), (height, width), "bilinear")
+                return fine[:, 0].relu().cpu(), None, "grad_cam"
+            method = "integrated_gradients"  # no layer, or (B, tokens, dim): no spatial map to upsample
+        probs = lambda x: logits(x).softmax(-1)  # noqa: E731
+        if method == "integrated_gradients":
+            from captum.attr import IntegratedGradients
+
+            attributions, delta = IntegratedGradients(probs).attribute(
+                pixels, baselines=torch.zeros_like(pixels), target=targets, n_steps=settings["n_steps"],
+                internal_batch_size=settings["internal_batch_size"] * len(pixels), return_convergence_delta=True)
+            return attributions.detach().float().sum(1).cpu(), delta.detach().float().reshape(-1).cpu(), method
+        from captum.attr import Occlusion
+
+        size = patch_size(height, width)
+        with torch.no_grad():
+            attributions = Occlusion(probs).attribute(
+                pixels, sliding_window_shapes=(pixels.shape[1], size, size), strides=(pixels.shape[1], size, size),
+                baselines=0.0, target=targets, perturbations_per_eval=settings["internal_batch_size"])
+        return attributions.float().mean(1).cpu(), None, method
+
+
+def scale_heatmap(signed_map: torch.Tensor) -> torch.Tensor:
+    """The positive evidence of a (H, W) map scaled to [0, 1] (all zeros when there is none)."""
+    positive = signed_map.float().relu()
+    top = positive.max()
+    return positive / top if top > 0 else positive
+
+
+def image_attributions(model: nn.Module, pixels: torch.Tensor, target: int, method: str, settings: dict[str, Any],
+                       layer: nn.Module | None = None) -> tuple[torch.Tensor, float | None]:
+    """``(heatmap, delta)`` for ONE image (pixels (1, 3, H, W), normalised): an (H, W) map in [0, 1] of the
+    evidence for class ``target``; delta is integrated gradients' convergence delta, else None."""
+    if pixels.ndim != 4 or len(pixels) != 1:
+        raise ValueError(f"image_attributions explains one image: pixels must be (1, 3, H, W), got {tuple(pixels.shape)}.")
+    maps, delta, _ = image_attribution_maps(model, pixels, torch.tensor([int(target)]), method, settings, layer)
+    return scale_heatmap(maps[0]), None if delta is None else float(delta[0])
+
+
+def downsample(heatmap: torch.Tensor, size: int = HEATMAP_SIZE) -> list[list[float]]:
+    """An (H, W) map averaged down to at most ``size`` cells a side, as nested lists (4 decimals)."""
+    h, w = heatmap.shape
+    small = nn.functional.adaptive_avg_pool2d(heatmap[None, None].float(), (min(size, h), min(size, w)))[0, 0]
+    return [[round(float(v), 4) for v in row] for row in small]
+
+
+def png_base64(image: torch.Tensor) -> str:
+    """A (3, H, W) tensor in [0, 1] as a base64 PNG."""
+    from PIL import Image
+
+    array = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ---------------------------------------------------------------------- section
+def _selection_notes(chosen: list[tuple[str, int]], per_kind: int, n_wrong: int) -> list[str]:
+    notes = []
+    counts = {kind: sum(1 for k, _ in chosen if k == kind) for kind in KINDS}
+    if per_kind > 0 and n_wrong == 0:
+        notes.append("No wrong predictions on the test split, so there are no confident_wrong examples.")
+    for kind in KINDS:
+        if 0 < per_kind and counts[kind] < per_kind and not (kind == "confident_wrong" and n_wrong == 0):
+            notes.append(f"Only {counts[kind]} {kind} example(s) available (asked for {per_kind}).")
+    return notes
+
+
+def _explain_examples(ctx: Any, examples: list[dict[str, Any]], method: str, settings: dict[str, Any],
+                      shared: dict[str, Any], used_methods: set[str]) -> None:
+    """Fill in tokens / scores / delta (text) or heatmap / image (images) of each example."""
+    preds = ctx.test.preds
+    indices = [example["index"] for example in examples]
+    if ctx.modality == "text":
+        texts = ctx.texts()
+        sequences = [ctx.encode([texts[index]])["input_ids"][0].cpu() for index in indices]
+        targets = [int(preds[index]) for index in indices]
+        scores, deltas = text_scores_for(ctx.model, ctx.tokenizer, sequences, targets, method, settings)
+        for example, ids, target, row_scores, delta in zip(examples, sequences, targets, scores, deltas, strict=True):
+            example.update(tokens=list(ctx.tokenizer.convert_ids_to_tokens(ids.tolist())),
+                           scores=[float(v) for v in row_scores], delta=delta)
+            shared["scores"][example["index"]] = (target, row_scores)
+    else:
+        for example in examples:
+            index, pred = example["index"], int(preds[example["index"]])
+            pixels = ctx.pixels([index])
+            maps, image_deltas, used = image_attribution_maps(ctx.model, pixels, torch.tensor([pred]), method, settings)
+            used_methods.add(used)
+            example.update(heatmap=downsample(scale_heatmap(maps[0])),
+                           delta=None if image_deltas is None else float(image_deltas[0]),
+                           _image_png=png_base64(ctx.denormalize(pixels[0])))
+            shared["scores"][index] = (pred, maps[0])
+
+
+def section(ctx: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """Attributions for the selected test examples (see the module docstring)."""
+    start = time.perf_counter()
+    settings = attribution_settings(settings)
+    modality = ctx.modality
+    if modality == "text":
+        method = check_method(settings["method"], "text")
+    else:
+        method = check_method(settings["image_method"], "image", "report.attributions.image_method")
+    probs, labels = ctx.test.probs, ctx.test.labels
+    chosen = select_examples(probs, labels, settings["examples"])
+    confidence, preds = probs.max(-1)
+    notes = _selection_notes(chosen, settings["examples"], int((preds != labels).sum()))
+    shared: dict[str, Any] = {"settings": settings, "modality": modality, "method": method, "scores": {}}
+    examples = []
+    for kind, index in chosen:
+        examples.append({"kind": kind, "index": index, "label": ctx.label_names[int(labels[index])],
+                         "pred": ctx.label_names[int(preds[index])], "confidence": float(confidence[index])})
+    used_methods: set[str] = set()
+    with torch.random.fork_rng(devices=[]):  # lime / kernel_shap sample: reproducible, global RNG untouched
+        torch.manual_seed(ctx.seed)
+        _explain_examples(ctx, examples, method, settings, shared, used_methods)
+    if modality != "text" and used_methods - {method}:
+        notes.append(f"{type(_image_module(ctx.model)).__name__} has no spatial feature map for grad_cam: "
+                     "integrated_gradients on the pixels was used instead.")
+        method = "integrated_gradients"
+    shared["method"] = method
+    ctx.extras["attributions"] = shared  # faithfulness reuses the settings and these scores
+    return {"method": method, "modality": modality, "notes": notes, "seconds": round(time.perf_counter() - start, 3),
+            "examples": examples}

@@ -39,7 +39,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"freeze.strategy={strategy!r}: choose one of {list(FREEZE_STRATEGIES)}.")
     FreezeSpec.parse(OmegaConf.to_container(cfg.freeze, resolve=True))  # k, milestones, lr_decay, head_lr
     if cfg.get("report") is not None:
-        from sft.explain import check_report_config
+        from sft.explain import check_report_config  # imports the report sections (and torch)
 
         check_report_config(OmegaConf.to_container(cfg.report, resolve=True))
     for key in ("data.train_size", "data.shots_per_class"):

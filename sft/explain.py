@@ -38,12 +38,19 @@ CALIBRATION_FILE = "calibration.json"  # the fitted temperature, beside the expo
 
 
 def check_report_config(report: Any) -> None:
-    """Unknown section names fail before any work."""
-    unknown = [s for s in report.get("sections", []) if s not in SECTIONS]
+    """Unknown sections and bad section settings fail before any work (not after training)."""
+    if not report.get("enabled", True):
+        return
+    sections = report.get("sections") or []
+    unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         raise ConfigError(f"report.sections has unknown section(s) {unknown}; choose from {sorted(SECTIONS)}.")
     if report.get("split", "test") not in ("val", "test"):
         raise ConfigError(f"report.split={report.get('split')!r}: choose val or test.")
+    for name in sections:
+        check = getattr(importlib.import_module(SECTIONS[name]), "check_settings", None)
+        if check is not None:
+            check(dict(report.get(name) or {}))
 
 
 def _plain(node: Any) -> Any:
@@ -83,9 +90,9 @@ def run_sections(ctx: Any, report_cfg: Any) -> dict[str, Any]:
         try:
             sections[name] = module.section(ctx, dict(report_cfg.get(name) or {}))
             ctx.extras[name] = sections[name]
-        except SftError:
+        except ConfigError:
             raise  # a bad setting: the user must fix it
-        except NotImplementedError as e:  # e.g. an architecture a section does not support
+        except (SftError, NotImplementedError) as e:  # this model or data cannot have it (e.g. nothing to remove)
             skipped[name] = str(e) or f"{name} is not supported for {type(ctx.model).__name__}"
         timings[name] = round(time.perf_counter() - started, 3)
         log.info("Report: %-14s %6.1f s%s", name, timings[name], f" (skipped: {skipped[name]})" if name in skipped else "")

@@ -143,12 +143,21 @@ def test_stability_over_a_seed_sweep(compose_cfg, tiny_bert, tmp_path):
     assert (sweep / "report.html").is_file()
 
 
-def test_bad_report_settings_fail_before_any_work(tiny_cfg):
+@pytest.mark.parametrize("override, message", [
+    ("report.sections=[performance,bogus]", r"report.sections.*bogus"),
+    ("report.calibration.n_bins=0", r"report.calibration.n_bins"),
+    ("report.attributions.method=saliency", r"report.attributions.method='saliency'.*integrated_gradients"),
+    ("report.faithfulness.fractions=[0.1,1.5]", r"report.faithfulness.fractions"),
+    ("report.robustness.token_dropout=-0.1", r"report.robustness.token_dropout"),
+    ("report.representation.method=tsne", r"report.representation.method"),
+    ("report.split=train", r"report.split"),
+])
+def test_bad_report_settings_fail_before_any_work(tiny_cfg, override, message):
     from sft.errors import ConfigError
     from sft.train import train
 
-    with pytest.raises(ConfigError, match=r"report.sections.*bogus"):
-        train(tiny_cfg("report=default", "report.sections=[performance,bogus]"))
+    with pytest.raises(ConfigError, match=message):
+        train(tiny_cfg("report=default", override))
     assert not (Path(tiny_cfg().output_dir) / "run.json").exists()
 
 
@@ -180,3 +189,15 @@ def test_image_run_report_has_grad_cam_heatmaps(compose_cfg, image_root, tmp_pat
     assert set(names) == {"noise", "blur"}
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 + len(attr["examples"])
+
+
+def test_sklearn_head_run_reports_the_estimators_predictions(tiny_cfg):
+    """freeze=sklearn with a linear head: the report runs on the model carrying the estimator's head, so its
+    accuracy is the estimator's (computed by sklearn in the run)."""
+    from sft.train import train
+
+    metrics = train(tiny_cfg("freeze=sklearn", "report=fast"))
+    run_dir = Path(tiny_cfg().output_dir)
+    perf = json.loads((run_dir / "report.json").read_text())["sections"]["performance"]
+    assert perf["accuracy"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert json.loads((run_dir / "metrics.json").read_text())["test/ece"] >= 0

@@ -63,6 +63,14 @@ def check_method(method: str, modality: str, setting: str = "report.attributions
     return method
 
 
+def check_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """Early check of ``report.attributions`` (before training): numbers, and methods valid for some modality."""
+    merged = attribution_settings(settings)
+    check_method(merged["method"], "text")
+    check_method(merged["image_method"], "image", "report.attributions.image_method")
+    return merged
+
+
 def patch_size(height: int, width: int) -> int:
     """Side in pixels of the square image units (occlusion windows, faithfulness patches)."""
     return max(1, round(min(height, width) / GRID_CELLS))

@@ -222,6 +222,11 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
 
 # ---------------------------------------------------------------------------------------------- section
+def check_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Early check of ``report.calibration`` (before training)."""
+    return {"n_bins": _n_bins_checked(dict(settings or {}).get("n_bins", DEFAULT_N_BINS))}
+
+
 def section(ctx: Any, settings: Mapping[str, Any] | None = None) -> dict:
     """Calibration of the test logits, before and (with a val split) after temperature scaling.
 

@@ -51,6 +51,13 @@ Request = tuple[int, torch.Tensor]  # (example, which units are present: bool ov
 
 
 # ---------------------------------------------------------------------- settings
+def check_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """Early check of ``report.faithfulness`` (before training), attribution overrides included."""
+    merged = faithfulness_settings(settings)
+    attribution_settings({k: merged[k] for k in ATTRIBUTION_KEYS if k in merged}, where="report.faithfulness")
+    return merged
+
+
 def faithfulness_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
     merged = {**DEFAULTS, **{k: v for k, v in (settings or {}).items() if v is not None}}
     for key in ("examples", "curve_points", "random_repeats"):

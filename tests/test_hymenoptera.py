@@ -30,6 +30,16 @@ def test_linear_probe_reaches_090(compose_cfg, tmp_path):
 @needs_hymenoptera
 @pytest.mark.slow
 def test_full_fine_tune_reaches_090(compose_cfg, tmp_path):
-    metrics = run(compose_cfg, tmp_path, "trainer.max_epochs=3")
+    import json
+
+    metrics = run(compose_cfg, tmp_path, "trainer.max_epochs=3", "report=default", "report.faithfulness.examples=8")
     assert metrics["fit/epochs"] == 3
     assert metrics["val/acc"] >= 0.90, metrics
+    # The report on real images: Grad-CAM heat maps for the selected examples, and where they point matters.
+    sections = json.loads((tmp_path / "run" / "report.json").read_text())["sections"]
+    attr = sections["attributions"]
+    assert attr["method"] == "grad_cam" and attr["examples"]
+    faith = sections["faithfulness"]
+    assert faith["unit"] == "patch" and faith["n"] == 8
+    assert faith["comprehensiveness"]["attribution"] > faith["comprehensiveness"]["random"], faith["verdict"]
+    assert {p["name"] for p in sections["robustness"]["perturbations"]} == {"noise", "blur"}

@@ -153,8 +153,9 @@ def rankings_for(scores: list[torch.Tensor], repeats: int, seed: int) -> list[li
 
 def verdict(method: str, unit: str, result: dict[str, Any]) -> str:
     comp, suff = result["comprehensiveness"], result["sufficiency"]
-    numbers = (f"removing the top-ranked {unit}s lowers the predicted-class probability by {comp['attribution']:.3f} "
-               f"on average against {comp['random']:.3f} for random {unit}s (comprehensiveness), and keeping only "
+    units = "patches" if unit == "patch" else f"{unit}s"
+    numbers = (f"removing the top-ranked {units} lowers the predicted-class probability by {comp['attribution']:.3f} "
+               f"on average against {comp['random']:.3f} for random {units} (comprehensiveness), and keeping only "
                f"them leaves it {suff['attribution']:.3f} below the original against {suff['random']:.3f} for "
                "random ones (sufficiency)")
     if result["beats_random"]:

@@ -7,51 +7,27 @@ into the sweep folder and prints the Markdown table.
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from sft.errors import SftError
+from sft.summarize import collect as collect_jobs
+from sft.summarize import markdown_table, write_csv
 
 COLUMNS = ("freeze", "val/acc", "test/acc", "test/f1", "fit/seconds", "params/trainable", "params/total")
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per job folder (``<sweep>/<n>/``), in job order; jobs without metrics.json are 'failed'."""
-    import yaml
-
-    rows = []
-    jobs = [p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()]
-    for job in sorted(jobs, key=lambda p: int(p.name)):
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-        row: dict[str, Any] = {"job": int(job.name), "overrides": " ".join(overrides)}
-        for item in overrides:
-            key, _, value = item.partition("=")
-            if key.lstrip("+~") == "freeze":
-                row["freeze"] = value
-        metrics_file = job / "metrics.json"
-        if metrics_file.is_file():
-            row.update(json.loads(metrics_file.read_text()))
-            row["status"] = "ok"
-        else:
-            row["status"] = "failed"
-        rows.append(row)
-    return rows
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:,.0f}" if value >= 1000 else f"{value:.4f}" if value < 10 else f"{value:.1f}"
-    return "" if value is None else str(value)
+    """One flat row per job folder (``<sweep>/<n>/``), in job order: job, overrides, freeze, its metrics and
+    status (ok; failed or unfinished for jobs without metrics.json, see :mod:`sft.summarize`)."""
+    return [{"job": job["job"], "overrides": job["overrides"], "freeze": job["override_values"].get("freeze"),
+             **job["metrics"], "status": job["status"]} for job in collect_jobs(sweep_dir)]
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     header = ["job", *COLUMNS, "status"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in header) + " |")
-    return "\n".join(lines)
+    return markdown_table(header, [[row.get(c) for c in header] for row in rows])
 
 
 def write_table(sweep_dir: str | Path) -> str:
@@ -59,11 +35,7 @@ def write_table(sweep_dir: str | Path) -> str:
     rows = collect(sweep_dir)
     table = markdown(rows)
     (sweep_dir / "strategies.md").write_text(table + "\n")
-    fields = ["job", *COLUMNS, "status", "overrides"]
-    with (sweep_dir / "strategies.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(sweep_dir / "strategies.csv", ["job", *COLUMNS, "status", "overrides"], rows)
     return table
 
 
@@ -86,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or not Path(args[0]).is_dir():
         print("usage: python -m sft.compare <multirun folder>", file=sys.stderr)
         return 2
-    print(write_table(args[0]))
+    try:
+        print(write_table(args[0]))
+    except SftError as e:  # e.g. a folder without job folders
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -73,10 +73,11 @@ def build_context(model: Any, datamodule: Any, *, split: str = "test", seed: int
     datamodule.setup("test")
     model.eval()
     evaluated = collect_outputs(model, datamodule, split)
-    val = collect_outputs(model, datamodule, "val") if split != "val" else evaluated
+    same = split == "val" or datamodule.splits.val == getattr(datamodule.splits, split)
+    val = evaluated if same else collect_outputs(model, datamodule, "val")
     return ReportContext(model=model, datamodule=datamodule, label_names=list(datamodule.label_names),
                          test=evaluated, val=val, train_labels=train_labels(datamodule), pretrained=pretrained,
-                         seed=seed, split=split)
+                         seed=seed, split=split, val_is_evaluated=same)
 
 
 def run_sections(ctx: Any, report_cfg: Any) -> dict[str, Any]:
@@ -89,11 +90,14 @@ def run_sections(ctx: Any, report_cfg: Any) -> dict[str, Any]:
         module = importlib.import_module(SECTIONS[name])
         try:
             sections[name] = module.section(ctx, dict(report_cfg.get(name) or {}))
-            ctx.extras[name] = sections[name]
+            ctx.extras.setdefault(name, sections[name])  # a section may have left richer state (scores) there
         except ConfigError:
             raise  # a bad setting: the user must fix it
         except (SftError, NotImplementedError) as e:  # this model or data cannot have it (e.g. nothing to remove)
             skipped[name] = str(e) or f"{name} is not supported for {type(ctx.model).__name__}"
+        except Exception as e:  # one failing section must not lose the others, nor the finished run
+            log.exception("Report: the %s section failed", name)
+            skipped[name] = f"failed: {type(e).__name__}: {e}"
         timings[name] = round(time.perf_counter() - started, 3)
         log.info("Report: %-14s %6.1f s%s", name, timings[name], f" (skipped: {skipped[name]})" if name in skipped else "")
     return {"sections": sections, "timings": timings, "skipped": skipped}
@@ -116,12 +120,14 @@ def write_predictions(ctx: Any, folder: Path) -> Path:
 def save_temperature(report: dict[str, Any], folder: Path) -> Path | None:
     """The temperature fitted on val, in ``folder/calibration.json`` (the export, else the run folder)."""
     cal = report["sections"].get("calibration") or {}
+    path = folder / CALIBRATION_FILE
     if cal.get("temperature") is None:
+        path.unlink(missing_ok=True)  # an older fit must not be used for a model/data it no longer describes
         return None
     payload = {"temperature": cal["temperature"], "fit": cal.get("fit"),
                "test_ece_before": cal["before"]["ece"], "test_ece_after": (cal.get("after") or {}).get("ece"),
+               "data": report["run"].get("data"),
                "use": "probabilities = softmax(logits / temperature); `python -m sft.predict MODEL --calibrated`"}
-    path = folder / CALIBRATION_FILE
     path.write_text(json.dumps(payload, indent=2))
     return path
 
@@ -154,12 +160,15 @@ def pretrained_builder(model_cfg: Any, num_labels: int) -> Any:
     return build_pretrained
 
 
-def report_after_training(cfg: Any, model: Any, datamodule: Any, output_dir: Path) -> dict[str, Any] | None:
+def report_after_training(cfg: Any, model: Any, datamodule: Any, output_dir: Path,
+                          device: Any = None) -> dict[str, Any] | None:
     """Called by :func:`sft.train.train` after test (rank zero)."""
     report_cfg = cfg.get("report")
     if not report_cfg or not report_cfg.get("enabled", True):
         return None
     started = time.perf_counter()
+    if device is not None:  # Lightning leaves the model on the CPU after test
+        model.to(device)
     ctx = build_context(model, datamodule, split=report_cfg.get("split", "test"), seed=cfg.seed,
                         pretrained=pretrained_builder(cfg.model, len(datamodule.label_names)))
     ctx.extras["outputs_seconds"] = time.perf_counter() - started
@@ -203,13 +212,20 @@ def report_for_run(run_dir: str | Path, overrides: list[str] | None = None) -> d
     report_overrides = [o for o in overrides if o.lstrip("+~").startswith("report")]
     data_overrides = [o for o in overrides if o not in report_overrides]
     run_cfg = OmegaConf.load(run_dir / "config.yaml")
-    if report_overrides or "report" not in run_cfg:
+    group_choice = [o for o in report_overrides if o.split("=")[0].lstrip("+~") == "report"]
+    if group_choice or "report" not in run_cfg:  # report=fast etc.: a fresh composition
         report_cfg = _compose(report_overrides).report
-    else:
-        report_cfg = run_cfg.report
+    else:  # report.x=y: on top of what the run itself used
+        report_cfg = OmegaConf.merge(run_cfg.report, OmegaConf.from_dotlist(
+            [o.lstrip("+").removeprefix("report.") for o in report_overrides]))
+    report_cfg.enabled = True  # asked for explicitly
     check_report_config(_plain(report_cfg))
 
     model, data_inputs = load_model(run_dir)
+    import torch
+
+    if torch.cuda.is_available():
+        model.to("cuda")
     names = label_names(model)
     data_cfg = data_config(run_dir, data_overrides)
     datamodule = build(data_cfg, **data_inputs, label_names=names)

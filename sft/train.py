@@ -187,18 +187,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val/acc", "test/acc", "test/f1") if k in metrics)
         log.info("Done: %s. Results in %s (metrics: %s)", summary, output_dir, path.name)
         if cfg.get("test", True):
-            metrics = report_and_record(cfg, model, datamodule, output_dir, metrics)
+            metrics = report_and_record(cfg, model, datamodule, output_dir, metrics, trainer.strategy.root_device)
     return metrics
 
 
 def report_and_record(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path,
-                      metrics: dict[str, float]) -> dict[str, float]:
+                      metrics: dict[str, float], device: Any = None) -> dict[str, float]:
     """The trust report (after the results are safe on disk); its calibration numbers join metrics.json."""
     from sft.explain import report_after_training
     from sft.rundir import write_metrics
 
     try:
-        report = report_after_training(cfg, model, datamodule, output_dir)
+        report = report_after_training(cfg, model, datamodule, output_dir, device)
     except Exception:
         log.error("The report failed; the model, export and metrics are saved. Retry with "
                   "`python -m sft.explain %s` (or skip it with report=none).", output_dir)
@@ -208,7 +208,7 @@ def report_and_record(cfg: DictConfig, model: Any, datamodule: Any, output_dir: 
         split = cfg.report.get("split", "test")
         metrics = {**metrics, f"{split}/ece": cal["before"]["ece"], f"{split}/nll": cal["before"]["nll"],
                    f"{split}/brier": cal["before"]["brier"]}
-        if cal.get("after"):
+        if cal.get("after") and not cal.get("after_in_sample"):  # an in-sample "after" is no evidence
             metrics.update({f"{split}/ece_calibrated": cal["after"]["ece"], "calibration/temperature": cal["temperature"]})
         write_metrics(output_dir, metrics)
     return metrics

@@ -90,6 +90,42 @@ def test_explain_rebuilds_the_report_from_the_run_folder(text_run, tmp_path):
     assert after["sections"]["calibration"]["temperature"] == pytest.approx(before["sections"]["calibration"]["temperature"], rel=1e-3)
 
 
+def test_explain_overrides_apply_on_top_of_the_runs_report_settings(text_run, tmp_path):
+    """report.x=y overrides keep the run's other report settings, and faithfulness ranks with the attribution
+    method the report configures (not a default)."""
+    from sft.explain import main
+
+    run_dir, _ = text_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    assert main([str(copy), "report.sections=[attributions,faithfulness]", "report.attributions.method=occlusion",
+                 "report.faithfulness.examples=4"]) == 0
+    sections = json.loads((copy / "report.json").read_text())["sections"]
+    assert sections["attributions"]["method"] == "occlusion" and sections["faithfulness"]["method"] == "occlusion"
+    assert len(sections["attributions"]["examples"]) <= 3  # attributions.examples=1 per kind, from the run
+    assert sections["faithfulness"]["n"] == 4
+    assert not (copy / "export" / "calibration.json").exists()  # no calibration section: no stale temperature
+
+
+def test_a_failing_section_is_skipped_with_its_reason_and_the_rest_is_kept(text_run, monkeypatch):
+    from sft.eval import data_config
+    from sft.explain import SECTIONS, build_context, run_sections
+    from sft.inference import label_names, load_model
+    from sft.train import build
+
+    run_dir, _ = text_run
+    model, inputs = load_model(run_dir)
+    datamodule = build(data_config(run_dir, []), **inputs, label_names=label_names(model))
+    monkeypatch.setitem(SECTIONS, "broken", __name__)  # a plug-in section (this module's `section`)
+    result = run_sections(build_context(model, datamodule), {"sections": ["performance", "broken", "calibration"]})
+    assert list(result["sections"]) == ["performance", "calibration"]
+    assert result["skipped"]["broken"] == "failed: RuntimeError: this section always fails"
+
+
+def section(ctx, settings):  # the "broken" plug-in section above
+    raise RuntimeError("this section always fails")
+
+
 def test_predict_calibrated_divides_the_logits_by_the_fitted_temperature(text_run, tmp_path, capsys):
     from sft.predict import main
 
@@ -189,6 +225,11 @@ def test_image_run_report_has_grad_cam_heatmaps(compose_cfg, image_root, tmp_pat
     assert set(names) == {"noise", "blur"}
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 + len(attr["examples"])
+    # This image folder has no test/ split, so test is val: a temperature fitted on val cannot be judged on
+    # it, and no "calibrated" metric is recorded (here val is also fitted perfectly: no finite temperature).
+    cal = report["sections"]["calibration"]
+    assert cal["after"] is None or cal["after_in_sample"] is True
+    assert "test/ece_calibrated" not in json.loads((out / "metrics.json").read_text())
 
 
 def test_sklearn_head_run_reports_the_estimators_predictions(tiny_cfg):

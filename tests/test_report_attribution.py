@@ -184,6 +184,45 @@ def test_integrated_gradients_completeness_on_a_random_bert(tiny_bert: str):
     assert not model.training and all(p.grad is None for p in model.parameters())
 
 
+def test_integrated_gradients_completeness_on_roberta_keeps_positions(tmp_path, minilm_path: str):
+    """RoBERTa numbers positions past padding: a [PAD] baseline must not move the input's positions. IG is
+    complete w.r.t. the input whose word embeddings (only) are the baseline's, computed here with a hook."""
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+    from sft.models.classifier import TextClassifier
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)  # WordPiece ids; [PAD] = 0 = RoBERTa's padding_idx
+    config = RobertaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=80, pad_token_id=tokenizer.pad_token_id)
+    RobertaModel(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = TextClassifier(str(tmp_path), num_labels=2).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(15.0)  # a random init this small is nearly constant in its input
+    enc = tokenizer(["an utterly charming, witty little film"], return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    target = 1
+    tokens, scores, delta = text_attributions(model, tokenizer, ids, mask, target, "integrated_gradients",
+                                              {"n_steps": 64, "internal_batch_size": 16})
+    baseline = torch.full_like(ids, tokenizer.pad_token_id)
+    baseline[0, 0], baseline[0, -1] = ids[0, 0], ids[0, -1]
+    embeddings = model.model.get_input_embeddings()
+    with torch.no_grad():
+        p_input = model(ids, mask).softmax(-1)[0, target].item()
+        handle = embeddings.register_forward_hook(lambda module, args, out: module.weight[baseline])
+        try:
+            p_baseline = model(ids, mask).softmax(-1)[0, target].item()
+        finally:
+            handle.remove()
+    change = p_input - p_baseline
+    assert abs(change) > 0.01
+    assert abs(sum(scores) - change - delta) < 1e-5  # complete, up to the reported delta
+    assert abs(delta) < 0.05 * abs(change)
+
+
 @pytest.mark.parametrize("method", ["integrated_gradients", "occlusion", "lime", "kernel_shap"])
 def test_the_decisive_token_ranks_first_and_deleting_it_flips(key_model, method):
     model, tokenizer = key_model

@@ -182,6 +182,17 @@ def test_calibration_section_fits_on_val_and_scores_on_test():
     assert result["before"]["ece"] == pytest.approx(float(tm_ece), abs=1e-5)
 
 
+def test_calibration_section_flags_an_in_sample_after_when_val_is_the_evaluated_split():
+    logits, labels = calibrated_logits(600, 3, seed=6)
+    outputs = SplitOutputs(4.0 * logits, labels)
+    ctx = context(outputs, val=outputs)
+    ctx.val_is_evaluated = True  # e.g. an image folder without test/: the evaluated split is val itself
+    result = cal.section(ctx, {})
+    assert result["after"] is not None and result["after_in_sample"] is True
+    assert "optimistic" in result["note"]
+    assert "after_in_sample" not in cal.section(context(outputs, val=outputs), {})  # separate splits: no flag
+
+
 def test_calibration_section_without_val_and_with_an_unusable_val():
     logits, labels = calibrated_logits(50, 2, seed=6)
     no_val = cal.section(context(SplitOutputs(logits, labels)), None)

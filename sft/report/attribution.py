@@ -158,10 +158,20 @@ def text_probability_forward(model: nn.Module) -> Callable[[torch.Tensor, torch.
 
 
 def embedding_layer(model: nn.Module) -> nn.Module:
-    """The embeddings module (word + position + type, normalised) of BERT / RoBERTa / DistilBERT, which all
-    call it ``embeddings`` on the base model; the word embeddings of anything else."""
-    layer = getattr(model.backbone, "embeddings", None)
-    return layer if isinstance(layer, nn.Module) else model.model.get_input_embeddings()
+    """The word embeddings. Not the whole embeddings module: RoBERTa derives position ids from where the
+    padding is, so an all-[PAD] baseline through it would also move the positions of </s>. On the word
+    embeddings the interpolated forwards keep the input's own positions, for every architecture."""
+    return model.model.get_input_embeddings()
+
+
+def removal_id(model: nn.Module, tokenizer: Any) -> int:
+    """The id standing for a removed token in occlusion / LIME / KernelSHAP: [PAD], except where the
+    embeddings count positions past padding (RoBERTa's ``padding_idx``), where a [PAD] mid-sequence would
+    shift every later position: there <unk>."""
+    embeddings = getattr(getattr(model, "backbone", None), "embeddings", None)
+    if getattr(embeddings, "padding_idx", None) is not None and tokenizer.unk_token_id is not None:
+        return int(tokenizer.unk_token_id)
+    return pad_id(tokenizer)
 
 
 def _lime_similarity(n_features: int) -> Callable[..., float]:
@@ -196,22 +206,35 @@ def text_attribution_batch(model: nn.Module, tokenizer: Any, input_ids: torch.Te
             from captum.attr import LayerIntegratedGradients
 
             baseline = torch.where(special, input_ids, torch.full_like(input_ids, pad))
-            lig = LayerIntegratedGradients(forward, embedding_layer(model))
-            attributions, delta = lig.attribute(
+            layer = embedding_layer(model)
+            lig = LayerIntegratedGradients(forward, layer)
+            attributions = lig.attribute(
                 input_ids, baselines=baseline, target=targets, additional_forward_args=(attention_mask,),
-                n_steps=settings["n_steps"], internal_batch_size=settings["internal_batch_size"] * len(input_ids),
-                return_convergence_delta=True)
+                n_steps=settings["n_steps"], internal_batch_size=settings["internal_batch_size"] * len(input_ids))
             scores = attributions.sum(-1).detach().float()
-            return scores.masked_fill(special, 0.0).cpu(), delta.detach().float().reshape(-1).cpu()
+            # The completeness gap against the path's real end point: the input with the baseline's word
+            # embeddings (captum's own delta runs the baseline ids, whose RoBERTa positions differ).
+            with torch.no_grad():
+                p_input = forward(input_ids, attention_mask).gather(1, targets[:, None])[:, 0]
+                baseline_embeddings = layer(baseline)
+                handle = layer.register_forward_hook(lambda module, args, out: baseline_embeddings)
+                try:
+                    p_baseline = forward(input_ids, attention_mask).gather(1, targets[:, None])[:, 0]
+                finally:
+                    handle.remove()
+            delta = scores.sum(-1) - (p_input - p_baseline).float()
+            return scores.masked_fill(special, 0.0).cpu(), delta.reshape(-1).cpu()
+        removed = removal_id(model, tokenizer)
         rows = [_perturbation_scores(forward, input_ids[i : i + 1], attention_mask[i : i + 1], special[i : i + 1],
-                                     int(targets[i]), pad, method, settings) for i in range(len(input_ids))]
+                                     int(targets[i]), removed, method, settings) for i in range(len(input_ids))]
         return torch.cat(rows).masked_fill(special.cpu(), 0.0), None
 
 
 def _perturbation_scores(forward: Callable[..., torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          special: torch.Tensor, target: int, pad: int, method: str, settings: dict[str, Any]
                          ) -> torch.Tensor:
-    """Occlusion / LIME / KernelSHAP scores (1, L) for one example, tokens removed = [PAD]."""
+    """Occlusion / LIME / KernelSHAP scores (1, L) for one example, a removed token replaced by ``pad``
+    (:func:`removal_id`)."""
     from captum.attr import KernelShap, Lime, Occlusion
 
     def restored_forward(ids: torch.Tensor, original: torch.Tensor, keep: torch.Tensor,

@@ -257,4 +257,8 @@ def section(ctx: Any, settings: Mapping[str, Any] | None = None) -> dict:
     result["temperature"] = temperature
     result["fit"] = {"split": "val", "n": n_val, **info}
     result["after"] = calibration_summary(test.logits / temperature, test.labels, n_bins)
+    if getattr(ctx, "val_is_evaluated", False):  # e.g. an image folder without test/: test is val
+        result["after_in_sample"] = True
+        result["note"] = ("The temperature was fitted on these same examples (the validation split is the "
+                          "evaluated split), so 'after' is optimistic: it is not evidence of better calibration.")
     return result

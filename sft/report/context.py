@@ -63,6 +63,7 @@ class ReportContext:
     pretrained: Callable[[], Any] | None = None  # builds the model before fine-tuning (same head size)
     seed: int = 0
     split: str = "test"  # the split ``test`` holds (report.split): its texts / pixels are what sections perturb
+    val_is_evaluated: bool = False  # val and the evaluated split are the same examples (no separate test split)
     extras: dict[str, Any] = field(default_factory=dict)  # section results others may read
 
     @property

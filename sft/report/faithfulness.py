@@ -1,6 +1,6 @@
 """Faithfulness: do the attributions point at what the model actually uses, better than chance?
 
-For the first ``examples`` test examples (split order; target = the class the model predicts), the units
+For ``examples`` test examples (a seeded sample, in split order; target = the class the model predicts), the units
 (text: tokens, never [CLS]/[SEP]; images: square patches of about 1/14 of the side, 16 px at 224) are
 ranked by attribution (the method configured in ``report.attributions``) and by ``random_repeats`` seeded
 random orders. Removing a unit deletes the token from the sequence (ERASER) or sets the patch to 0 in
@@ -39,6 +39,7 @@ from sft.report.attribution import (
     text_probability_forward,
     text_scores_for,
 )
+from sft.report.representation import sample_indices
 
 DEFAULTS: dict[str, Any] = {"examples": 16, "fractions": [0.1, 0.2, 0.5], "curve_points": 10, "random_repeats": 3}
 ATTRIBUTION_KEYS = ("method", "image_method", "n_steps", "internal_batch_size", "n_samples")
@@ -316,11 +317,13 @@ def _attribution_config(ctx: Any, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def section(ctx: Any, settings: dict[str, Any]) -> dict[str, Any]:
-    """Faithfulness of the configured attribution method on the first test examples (module docstring)."""
+    """Faithfulness of the configured attribution method on a seeded sample of the split (module docstring)."""
     start = time.perf_counter()
     settings = faithfulness_settings(settings)
     attr_settings = _attribution_config(ctx, settings)
-    indices = list(range(min(settings["examples"], len(ctx.test.labels))))
+    # A seeded sample over the whole split: image folders list one class after the other, so the first N
+    # would often be a single class.
+    indices = sample_indices(len(ctx.test.labels), settings["examples"], ctx.seed)
     with torch.random.fork_rng(devices=[]):  # lime / kernel_shap sample: reproducible, global RNG untouched
         torch.manual_seed(ctx.seed)
         if ctx.modality == "text":
@@ -329,5 +332,6 @@ def section(ctx: Any, settings: dict[str, Any]) -> dict[str, Any]:
         else:
             method = check_method(attr_settings["image_method"], "image", "report.attributions.image_method")
             result = image_faithfulness(ctx.model, ctx.pixels(indices), method, attr_settings, settings, ctx.seed)
+    result["indices"] = indices
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result

@@ -481,6 +481,8 @@ def _calibration(data: dict[str, Any]) -> str:
         if isinstance(fit, dict) and fit.get("converged") is False:
             fit_text += _box("warn", "The temperature fit did not converge: "
                                      "treat the scaled numbers with care.")
+    if data.get("note"):
+        fit_text += _box("warn" if data.get("after_in_sample") else "note", _esc(data["note"]))
     elif not after:
         fit_text = _box("note", "No temperature scaling: no validation outputs to fit it on.")
 

@@ -88,6 +88,17 @@ def read_majority_baseline(run: Path) -> float | None:
     return float(node) if _is_number(node) else None
 
 
+def read_report_accuracy(run: Path) -> float | None:
+    """``sections.performance.accuracy`` of ``run/report.json``: on the same split as its majority baseline."""
+    path = run / "report.json"
+    if not path.is_file():
+        return None
+    node: Any = _read_json(path)
+    for key in ("sections", "performance", "accuracy"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return float(node) if _is_number(node) else None
+
+
 def read_predictions(run: Path) -> tuple[dict[int, str] | None, str]:
     """(example index -> predicted label from ``run/predictions.csv``, or None; why it is None)."""
     path = run / "predictions.csv"
@@ -212,7 +223,7 @@ def stability(folder: str | Path, metric_keys: list[str] | None = None) -> dict[
     rows = []
     for name, metrics, config, baseline in zip(names, per_run, configs, baselines, strict=True):
         seed = config.get("seed")
-        acc = metrics.get("test/acc")
+        acc = read_report_accuracy(runs[names.index(name)])  # the baseline's own split (report.split)
         rows.append({"name": name, "seed": int(seed) if _is_number(seed) else None,
                      "metrics": {key: metrics[key] for key in keys}, "majority_baseline": baseline,
                      "degenerate": baseline is not None and acc is not None and acc <= baseline + DEGENERATE_TOLERANCE})

@@ -165,3 +165,15 @@ def test_no_runs_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="not a folder"):
         stability(tmp_path / "missing")
     assert find_runs(empty) == []
+
+
+def test_degenerate_compares_the_reports_own_accuracy_with_its_baseline(tmp_path: Path):
+    """A report on val (report.split=val) gives the baseline on val: the run's val accuracy from the same report
+    is what counts, not test/acc from metrics.json."""
+    root = tmp_path / "multirun"
+    for i, report_acc in enumerate((0.9, 0.5)):  # metrics.json says test/acc 0.8 for both
+        folder = write_run(root / str(i), seed=i, metrics={**METRICS[0], "test/acc": 0.8}, preds=None, baseline=0.5)
+        report = json.loads((folder / "report.json").read_text())
+        report["sections"]["performance"]["accuracy"] = report_acc
+        (folder / "report.json").write_text(json.dumps(report))
+    assert [r["degenerate"] for r in stability(root)["runs"]] == [False, True]

@@ -223,7 +223,9 @@ def stability(folder: str | Path, metric_keys: list[str] | None = None) -> dict[
     rows = []
     for name, metrics, config, baseline in zip(names, per_run, configs, baselines, strict=True):
         seed = config.get("seed")
-        acc = read_report_accuracy(runs[names.index(name)])  # the baseline's own split (report.split)
+        # The accuracy on the baseline's own split (report.split), else the run's test accuracy.
+        report_acc = read_report_accuracy(runs[names.index(name)])
+        acc = report_acc if report_acc is not None else metrics.get("test/acc")
         rows.append({"name": name, "seed": int(seed) if _is_number(seed) else None,
                      "metrics": {key: metrics[key] for key in keys}, "majority_baseline": baseline,
                      "degenerate": baseline is not None and acc is not None and acc <= baseline + DEGENERATE_TOLERANCE})

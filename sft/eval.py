@@ -18,7 +18,17 @@ from typing import Any
 from sft.errors import ConfigError, SftError
 
 
-def _run_dir(model_path: Path) -> Path | None:
+def compose_config(overrides: list[str]) -> Any:
+    """The full config composed from sft's config folder, as ``sft.run`` would (outside a Hydra run)."""
+    from hydra import compose, initialize_config_dir
+
+    from sft.run import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=[*overrides, "output_dir=."])
+
+
+def run_dir_of(model_path: Path) -> Path | None:
     for candidate in (model_path, model_path.parent, model_path.parent.parent):
         if (candidate / "config.yaml").is_file() and (candidate / "run.json").is_file():
             return candidate
@@ -27,12 +37,9 @@ def _run_dir(model_path: Path) -> Path | None:
 
 def data_config(model_path: Path, overrides: list[str]) -> Any:
     """The data node: composed from overrides, else the run's saved config."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from sft.run import CONFIG_DIR
-
-    run_dir = _run_dir(model_path)
+    run_dir = run_dir_of(model_path)
     if not overrides and run_dir is not None:
         return OmegaConf.load(run_dir / "config.yaml").data
     if not overrides:
@@ -40,9 +47,7 @@ def data_config(model_path: Path, overrides: list[str]) -> Any:
             f"{model_path} is not inside an sft run folder, so say which data to use, e.g. "
             "`data=sst2 data.path=../shared/data/sst2`."
         )
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, "output_dir=."])
-    return cfg.data
+    return compose_config(overrides).data
 
 
 def evaluate(model_path: str | Path, split: str = "test", overrides: list[str] | None = None,

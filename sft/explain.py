@@ -184,23 +184,16 @@ def _run_info(cfg: Any, report_cfg: Any) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- standalone
 def _is_run_dir(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file() and (folder / "run.json").is_file()
+    from sft.eval import run_dir_of
 
-
-def _compose(overrides: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
-
-    from sft.run import CONFIG_DIR
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=[*overrides, "output_dir=."])
+    return run_dir_of(folder) == folder
 
 
 def report_for_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """The report of a finished run folder, from its export (or best checkpoint) and its saved config."""
     from omegaconf import OmegaConf
 
-    from sft.eval import data_config
+    from sft.eval import compose_config, data_config
     from sft.inference import label_names, load_model
     from sft.train import build
 
@@ -214,7 +207,7 @@ def report_for_run(run_dir: str | Path, overrides: list[str] | None = None) -> d
     run_cfg = OmegaConf.load(run_dir / "config.yaml")
     group_choice = [o for o in report_overrides if o.split("=")[0].lstrip("+~") == "report"]
     if group_choice or "report" not in run_cfg:  # report=fast etc.: a fresh composition
-        report_cfg = _compose(report_overrides).report
+        report_cfg = compose_config(report_overrides).report
     else:  # report.x=y: on top of what the run itself used
         report_cfg = OmegaConf.merge(run_cfg.report, OmegaConf.from_dotlist(
             [o.lstrip("+").removeprefix("report.") for o in report_overrides]))

@@ -73,12 +73,14 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
 
 def calibration_temperature(path: str | Path) -> float:
     """The temperature ``sft.explain`` fitted on the validation split (``calibration.json`` beside the export)."""
+    from sft.eval import run_dir_of
     from sft.explain import CALIBRATION_FILE
 
     p = Path(path).expanduser()
-    run_dir = p.parent.parent if p.is_file() else (p.parent if (p.parent / "run.json").is_file() else p)
+    run_dir = run_dir_of(p)
     candidates = [p / CALIBRATION_FILE] if p.is_dir() else []
-    candidates += [run_dir / "export" / CALIBRATION_FILE, run_dir / CALIBRATION_FILE]
+    if run_dir is not None:
+        candidates += [run_dir / "export" / CALIBRATION_FILE, run_dir / CALIBRATION_FILE]
     for candidate in candidates:
         if candidate.is_file():
             temperature = float(json.loads(candidate.read_text())["temperature"])

@@ -120,7 +120,7 @@ def _pretrained_model(ctx: Any) -> tuple[Any, str]:
 def section(ctx: Any, settings: dict[str, Any]) -> dict[str, Any]:
     """``{"method", "labels", "point_labels", "pretrained": REP|null, "fine_tuned": REP, "note"}``."""
     cfg = check_settings(dict(settings or {}))
-    split = getattr(ctx, "split", "test")
+    split = ctx.split
     labels_all = ctx.test.labels.numpy()
     if len(labels_all) < 3:
         raise NotImplementedError(f"representation needs at least 3 examples in the {split} split "

@@ -138,10 +138,6 @@ DESCRIPTIONS = {
 }
 
 
-def _split(ctx: Any) -> str:
-    return getattr(ctx, "split", "test")  # the split ctx.test holds (test unless report.split says val)
-
-
 def _text_predictions(ctx: Any, texts: list[str]) -> torch.Tensor:
     # Length-sorted chunks: little padding per forward pass; predictions go back to split order.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -158,14 +154,14 @@ def perturbed_predictions(ctx: Any, name: str, strength: float, seed: int) -> to
     if name in TEXT_PERTURBATIONS:
         perturb = TEXT_PERTURBATIONS[name][1]
         rng = random.Random(seed)
-        return _text_predictions(ctx, [perturb(text, strength, rng) for text in ctx.texts(_split(ctx))])
+        return _text_predictions(ctx, [perturb(text, strength, rng) for text in ctx.texts()])
     if name not in IMAGE_PERTURBATIONS:
         raise ValueError(f"unknown perturbation {name!r}: choose from {[*TEXT_PERTURBATIONS, *IMAGE_PERTURBATIONS]}")
     generator = torch.Generator().manual_seed(seed)
     n = len(ctx.test.labels)
     preds = []
     for start in range(0, n, IMAGE_CHUNK):
-        pixels = ctx.pixels(list(range(start, min(start + IMAGE_CHUNK, n))), _split(ctx))
+        pixels = ctx.pixels(list(range(start, min(start + IMAGE_CHUNK, n))))
         pixels = add_noise(ctx, pixels, strength, generator) if name == "noise" else blur(pixels, strength)
         preds.append(ctx.logits_of({"pixel_values": pixels}, batch_size=IMAGE_CHUNK).argmax(-1))
     return torch.cat(preds)

@@ -77,26 +77,24 @@ def read_metrics(run: Path) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items() if _is_number(value)}
 
 
-def read_majority_baseline(run: Path) -> float | None:
-    """``sections.performance.majority_baseline.accuracy`` of ``run/report.json``, if there is one."""
+def read_report_number(run: Path, *keys: str) -> float | None:
+    """The number at ``keys`` in ``run/report.json`` (e.g. sections.performance.accuracy), if there is one."""
     path = run / "report.json"
     if not path.is_file():
         return None
     node: Any = _read_json(path)
-    for key in ("sections", "performance", "majority_baseline", "accuracy"):
+    for key in keys:
         node = node.get(key) if isinstance(node, dict) else None
     return float(node) if _is_number(node) else None
+
+
+def read_majority_baseline(run: Path) -> float | None:
+    return read_report_number(run, "sections", "performance", "majority_baseline", "accuracy")
 
 
 def read_report_accuracy(run: Path) -> float | None:
-    """``sections.performance.accuracy`` of ``run/report.json``: on the same split as its majority baseline."""
-    path = run / "report.json"
-    if not path.is_file():
-        return None
-    node: Any = _read_json(path)
-    for key in ("sections", "performance", "accuracy"):
-        node = node.get(key) if isinstance(node, dict) else None
-    return float(node) if _is_number(node) else None
+    """The report's accuracy: on the same split as its majority baseline."""
+    return read_report_number(run, "sections", "performance", "accuracy")
 
 
 def read_predictions(run: Path) -> tuple[dict[int, str] | None, str]:

@@ -25,6 +25,10 @@ def check_config(cfg: DictConfig) -> None:
     lr = OmegaConf.select(cfg, "optimizer.lr")
     if lr is not None and (not _number(lr) or lr <= 0):
         raise ConfigError(f"optimizer.lr={lr!r} must be a positive number (e.g. optimizer.lr=5e-5).")
+    for key in ("optimizer.weight_decay", "optimizer.momentum"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not _number(value) or value < 0):
+            raise ConfigError(f"{key}={value!r} must be a number >= 0 (e.g. {key}=0.01).")
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or (max_epochs < 1 and max_epochs != -1)):
         raise ConfigError(f"trainer.max_epochs={max_epochs!r} must be an integer >= 1 (or -1 with trainer.max_steps).")

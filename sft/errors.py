@@ -11,3 +11,7 @@ class ConfigError(SftError, ValueError):
 
 class DataError(SftError, ValueError):
     """A data file or split is invalid (names the file, line and the fix)."""
+
+
+class TrainingDiverged(SftError, RuntimeError):
+    """The training loss became NaN or infinite (names the step and what to lower)."""

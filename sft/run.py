@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from sft.errors import SftError
+from sft.errors import ConfigError, SftError
 
 
 def config_dir() -> str:
@@ -26,6 +26,18 @@ def config_dir() -> str:
 
 CONFIG_DIR = config_dir()
 
+# Names of metrics where smaller is better (val/loss, test/ece, ...); everything else is maximised.
+LOWER_IS_BETTER = ("loss", "nll", "ece", "brier", "error")
+
+
+def metric_mode(metric: str) -> str:
+    return "min" if any(word in str(metric).lower() for word in LOWER_IS_BETTER) else "max"
+
+
+# ${metric_mode:val/loss} -> min (ModelCheckpoint, EarlyStopping); ${metric_direction:val/acc} -> maximize (Optuna).
+OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
+OmegaConf.register_new_resolver("metric_direction", lambda m: metric_mode(m) + "imize", replace=True)
+
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
@@ -34,10 +46,14 @@ def main(cfg: DictConfig) -> float | None:
 
     from sft.train import train
 
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg)
+        if multirun and cfg.optimized_metric not in metrics:  # the sweeper would record a bare "None"
+            raise ConfigError(f"optimized_metric={cfg.optimized_metric!r} is not a metric of this run; it has "
+                              f"{', '.join(sorted(metrics))}.")
     except SftError as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             raise  # the sweeper records the failed job and goes on
         logging.getLogger("sft").error("%s", e)
         print(f"error: {e}", file=sys.stderr)

@@ -16,7 +16,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from sft.errors import ConfigError
+from sft.errors import ConfigError, TrainingDiverged
 from sft.finetune.strategy import FreezeSpec
 from sft.models.backbones import load_sequence_classifier, resolve_name_or_path
 from sft.optim import build_optimizer, build_scheduler, check_optimizer
@@ -234,7 +234,16 @@ class Classifier(L.LightningModule):
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train", self.train_metrics)
+        loss = self._step(batch, "train", self.train_metrics)
+        # Fail loudly instead of training on: a sweep records the trial as failed and goes on. Decided
+        # together across DDP ranks, so no rank is left waiting in an all-reduce.
+        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
+            lr = self.trainer.optimizers[0].param_groups[-1]["lr"] if self.trainer.optimizers else None
+            raise TrainingDiverged(
+                f"The training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
+                f"learning rate {lr}). Lower optimizer.lr, add warmup (scheduler=linear) or use trainer.precision=32."
+            )
+        return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val", self.val_metrics)

@@ -16,8 +16,10 @@ Failed trials (an exception, a NaN metric) are recorded as FAIL and the sweep go
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,29 @@ JOB_NUM_ATTR = "sft_job_num"  # the Hydra job number (= job folder) a trial ran 
 def sqlite_file(storage: Any) -> Path | None:
     url = str(storage or "")
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def _grid_sampler_tolerates_tell() -> Iterator[None]:
+    """Optuna's GridSampler calls ``study.stop()`` after the last grid point, which raises outside
+    ``study.optimize``; the plugin only tolerates that for completed trials, so a *failed* last grid point
+    (or a resumed one) crashed the sweep. Here the stop request is ignored: the trial count ends the sweep."""
+    from optuna.samplers import GridSampler
+
+    original = GridSampler.after_trial
+
+    def after_trial(self: Any, study: Any, trial: Any, state: Any, values: Any) -> None:
+        try:
+            original(self, study, trial, state, values)
+        except RuntimeError as e:
+            if "Study.stop" not in str(e):
+                raise
+
+    GridSampler.after_trial = after_trial
+    try:
+        yield
+    finally:
+        GridSampler.after_trial = original
 
 
 class _ResumableImpl(OptunaSweeperImpl):
@@ -55,10 +80,11 @@ class _ResumableImpl(OptunaSweeperImpl):
             study = optuna.load_study(study_name=self.study_name, storage=self.storage) if self.storage else None
         except KeyError:  # no such study yet
             study = None
-        if study is not None:
-            self._resume(study, arguments)
         try:
-            super().sweep(arguments)
+            with _grid_sampler_tolerates_tell():
+                if study is not None:
+                    self._resume(study, arguments)
+                super().sweep(arguments)
         except ValueError as e:
             if "No trials are completed" not in str(e):
                 raise

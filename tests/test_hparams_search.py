@@ -1,0 +1,148 @@
+"""Hyperparameter search (hparams_search presets, Optuna) and the checks every sweep passes before its first job."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST
+from tests.test_cli import python
+
+optuna = pytest.importorskip("optuna", reason="the sweep extra is not installed: pip install -e '.[sweep]'")
+
+
+def _search_args(tiny_bert: str, sweep: Path) -> list[str]:
+    # A grid over three learning rates, so the 3 trials are known: 1e12 makes the loss NaN (a failed trial).
+    return ["-m", "sft.run", "hparams_search=optuna_tpe", "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null",
+            "optimizer.lr=choice(1e-3,1e12,3e-3)", "hydra.sweeper.n_trials=3", f"model.name_or_path={tiny_bert}",
+            f"hydra.sweep.dir={sweep}", *FAST, "trainer.max_epochs=20", "data.train_size=96",
+            "callbacks.last_checkpoint.every_n_train_steps=1", "callbacks.early_stopping=null"]
+
+
+def _study(sweep: Path):
+    return optuna.load_study(study_name="sft", storage=f"sqlite:///{sweep}/optuna.db")
+
+
+def _interrupted_job(sweep: Path) -> Path | None:
+    """A job folder that has a checkpoint but no results yet: a trial in the middle of training."""
+    for job in sweep.glob("[0-9]*"):
+        if (job / "checkpoints" / "last.ckpt").is_file() and not (job / "metrics.json").is_file():
+            return job
+    return None
+
+
+def test_optuna_search_interrupted_and_resumed_ends_with_its_trials_and_the_failed_one(tiny_bert, tmp_path):
+    sweep = tmp_path / "search"
+    args = _search_args(tiny_bert, sweep)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    with (tmp_path / "first.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + 300
+        interrupted = None
+        while proc.poll() is None and time.monotonic() < deadline and interrupted is None:
+            interrupted = _interrupted_job(sweep) if sweep.is_dir() else None
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # a crash: no clean-up, no chance to write anything
+        proc.wait()
+    assert interrupted is not None, (tmp_path / "first.log").read_text()[-3000:]
+    running = [t for t in _study(sweep).trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(running) == 1  # the killed trial, left as RUNNING in the study
+
+    out = python(args, cwd=tmp_path)  # the same command again: same sweep folder, same study
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    trials = _study(sweep).trials
+    states = sorted(t.state.name for t in trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # 3 trials in all: the interrupted one kept its record
+    failed = next(t for t in trials if t.state.name == "FAIL")
+    assert failed.params["optimizer.lr"] == 1e12
+    assert sorted(t.params["optimizer.lr"] for t in trials) == [1e-3, 3e-3, 1e12]  # the grid, each point once
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert jobs == ["0", "1", "2"]  # resuming neither renumbered nor overwrote job folders
+    assert sorted(t.user_attrs["sft_job_num"] for t in trials) == [0, 1, 2]
+    # The interrupted trial continued in its own folder from its last checkpoint.
+    starts = json.loads((interrupted / "run.json").read_text())["starts"]
+    resumed_trial = next(t for t in trials if str(t.user_attrs["sft_job_num"]) == interrupted.name)
+    if resumed_trial.state.name == "COMPLETE":
+        assert len(starts) == 2 and (interrupted / "metrics.json").is_file()
+        assert json.loads((interrupted / "metrics.json").read_text())["fit/epochs"] == 20
+    assert "Finishing interrupted trial" in out.stdout + out.stderr
+    for trial in trials:  # each trial's value is its job's optimized metric
+        if trial.state.name == "COMPLETE":
+            job = sweep / str(trial.user_attrs["sft_job_num"])
+            assert trial.value == pytest.approx(json.loads((job / "metrics.json").read_text())["val/acc"])
+    with (sweep / "summary.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["status"] for r in rows) == ["ok", "ok", "unfinished"]  # the NaN trial started, never finished
+
+    # Running it once more adds nothing: the study already has its 3 trials.
+    again = python(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(_study(sweep).trials) == 3
+    assert "0 of 3 trials to go" in again.stdout + again.stderr
+
+
+# ---------------------------------------------------------------------- checks before the first job
+@pytest.fixture(scope="module")
+def multirun_config():
+    """The config a multirun's callbacks see (sweep overrides included), from the real Hydra config loader."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from sft.run import CONFIG_DIR
+
+    def _load(*overrides: str):
+        loader = GlobalHydra.instance().config_loader()
+        return loader.load_configuration("config", list(overrides), run_mode=RunMode.MULTIRUN)
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        yield _load
+
+
+def test_sweep_checks_compose_every_swept_value(multirun_config):
+    from sft.sweep_checks import check_sweep
+
+    cfg = multirun_config("optimizer.lr=1e-5,3e-5", "seed=0,1,2", "report=none", "hydra.sweep.dir=/tmp/x")
+    assert check_sweep(cfg) == 5  # each value of each swept key once, not the 6 combinations
+    cfg = multirun_config("hparams_search=optuna_tpe", "report=none", "hydra.sweep.dir=/tmp/x")
+    assert check_sweep(cfg) == 6  # both ends of the preset's three intervals
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["optimizer.lrr=1e-5,3e-5"], "Sweep over optimizer.lrr (command line): optimizer.lrr=1e-05 cannot be applied"),
+    (["optimizer.lr=1e-5,-1"], "value -1: optimizer.lr=-1 must be a positive number"),
+    (["model=bert,bertt"], "model=bertt cannot be applied"),
+    (["seed=range(5,1)"], "seed=range(5,1) gives no values to try"),
+    (["hparams_search=optuna_tpe", "hydra.sweeper.params=null", "optimizer.lr=interval(1e-3,1e-5)"],
+     "optimizer.lr=interval(1e-3,1e-5) is not a valid range; interval(low, high) needs low < high"),
+    (["hparams_search=optuna_tpe", "hydra.sweeper.params={optimizer.lr: 'tag(log, interval(0, 1e-3))'}"],
+     "(hydra.sweeper.params): optimizer.lr=tag(log, interval(0, 1e-3)) is log-scaled, so its low end must be > 0"),
+    (["hparams_search=optuna_tpe", "optimizer.weight_decay=interval(-1.0,0.1)"],
+     "optimizer.weight_decay=-1.0 must be a number >= 0"),
+])
+def test_bad_sweeps_are_refused_with_the_key_and_the_fix(multirun_config, overrides, message):
+    from sft.errors import ConfigError
+    from sft.sweep_checks import check_sweep
+
+    cfg = multirun_config(*overrides, "report=none", "hydra.sweep.dir=/tmp/x")
+    with pytest.raises(ConfigError) as e:
+        check_sweep(cfg)
+    assert message in str(e.value)
+
+
+def test_bad_sweep_stops_before_any_job_starts(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = python(["-m", "sft.run", "-m", "optimizer.lrr=1e-5,3e-5", "report=none", f"hydra.sweep.dir={sweep}"],
+                 cwd=tmp_path)
+    assert out.returncode == 2
+    assert "error: Sweep over optimizer.lrr" in out.stderr and "+optimizer.lrr" in out.stderr
+    assert not any(p.is_dir() for p in sweep.glob("*"))  # no job folder

@@ -39,6 +39,15 @@ OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
 OmegaConf.register_new_resolver("metric_direction", lambda m: metric_mode(m) + "imize", replace=True)
 
 
+def _gpu_count() -> int:
+    from sft.devices import gpu_count
+
+    return gpu_count()
+
+
+OmegaConf.register_new_resolver("gpu_count", _gpu_count, replace=True)  # hydra/launcher=gpu_pool
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -66,8 +75,47 @@ def main(cfg: DictConfig) -> float | None:
 REPORT_OFF = {"report=false", "report=off", "report=no"}
 
 
+# Hydra plugins sft's presets use, by a word in the option's name or its defaults list -> (module, pip package).
+PLUGINS = {
+    "optuna": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
+    "submitit": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+}
+PLUGIN_GROUPS = ("hydra/launcher", "hydra/sweeper", "hparams_search")
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_plugin(argv: list[str]) -> str | None:
+    """An error naming the pip package when the command line picks a launcher / sweeper that is not installed
+    (Hydra itself would only say the config option does not exist)."""
+    for arg in argv:
+        group, _, value = arg.lstrip("+").partition("=")
+        if group not in PLUGIN_GROUPS:
+            continue
+        for option in value.split(","):
+            preset = Path(CONFIG_DIR, group, f"{option}.yaml")
+            text = option + (preset.read_text(encoding="utf-8") if preset.is_file() else "")
+            for word, (module, package) in PLUGINS.items():
+                if word in text and not _importable(module):
+                    return (f"{group}={option} needs the Hydra plugin {package}, which is not installed. Install it "
+                            f"with `pip install {package}` (or every sweep plugin: `pip install 'sft[sweep]'`).")
+    return None
+
+
 def cli() -> None:
     sys.argv = ["report=none" if arg.lower() in REPORT_OFF else arg for arg in sys.argv]
+    problem = missing_plugin(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     main()
 
 

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sft.checks import check_config
 from sft.errors import ConfigError, SftError
@@ -59,6 +59,11 @@ def auto_precision(accelerator: str | None) -> str:
     return "32-true"
 
 
+def _checkpoint_number(path: Path) -> int:
+    tail = path.stem.rpartition("_")[2]
+    return int(tail) if tail.isdigit() else -1
+
+
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path).expanduser()
@@ -66,8 +71,13 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
             raise ConfigError(f"ckpt_path={str(path)!r} does not exist. Give an existing .ckpt file, or drop ckpt_path.")
         return str(path)
     last = output_dir / "checkpoints" / "last.ckpt"
-    if cfg.get("resume", "auto") in ("auto", True) and last.is_file():
-        return str(last)
+    if cfg.get("resume", "auto") in ("auto", True):
+        # Lightning's SLURM auto-requeue saves hpc_ckpt_<n>.ckpt into the run folder when the job is about to be
+        # stopped (time limit, preemption): newer than last.ckpt, so it wins.
+        hpc = sorted(output_dir.glob("hpc_ckpt_*.ckpt"), key=_checkpoint_number)
+        candidates = [p for p in (last, *hpc[-1:]) if p.is_file()]
+        if candidates:
+            return str(max(candidates, key=lambda p: p.stat().st_mtime))
     if cfg.get("resume") is True:
         raise ConfigError(
             f"resume=true but there is no checkpoint to resume from ({last} does not exist). Point "
@@ -89,6 +99,24 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fine-tune, evaluate and export as ``cfg`` says; returns the flat metrics written to metrics.json."""
     check_config(cfg)
+    from sft.devices import claimed_gpu, gpu_count, parallel_sweep_dir, wants_one_gpu
+
+    sweep_dir = parallel_sweep_dir()
+    if sweep_dir is not None and wants_one_gpu(cfg.trainer):
+        import torch
+
+        visible = torch.cuda.device_count()
+        if visible > 1:  # parallel jobs on a multi-GPU machine: one GPU each, not all on GPU 0
+            with claimed_gpu(sweep_dir / ".gpu_locks", min(gpu_count(), visible)) as index:
+                log.info("This job trains on GPU %d (claimed in %s).", index, sweep_dir / ".gpu_locks")
+                with open_dict(cfg):
+                    cfg.trainer.devices = [index]
+                    cfg.trainer.accelerator = "gpu"
+                return _train(cfg)
+    return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.output_dir).expanduser().resolve()
     ckpt_path = resume_checkpoint(cfg, output_dir)  # before the slow imports: a bad resume fails at once
 
@@ -100,10 +128,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from hydra.utils import get_class
 
+    from sft.devices import launcher_cpus
     from sft.rundir import write_metrics, write_run_info
 
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
+    threads = cfg.get("torch_threads") or launcher_cpus()  # submitit jobs side by side: their share of the cores
+    if threads:
+        torch.set_num_threads(int(threads))
+    log.info("torch threads: %d", torch.get_num_threads())
     L.seed_everything(cfg.seed, workers=True)
     if cfg.freeze.strategy != "none":  # a frozen backbone is in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")

@@ -12,7 +12,7 @@ from sft.train import build, train
 from tests.conftest import FAST
 
 GROUPS = ["model", "data", "optimizer", "scheduler", "freeze", "trainer", "logger", "callbacks", "report", "experiment",
-          "debug"]
+          "debug", "hparams_search", "hydra/launcher"]
 
 
 def options(group: str) -> list[str]:
@@ -190,6 +190,38 @@ def test_trainer_options(compose_cfg, option, tmp_path):
     trainer = build(cfg.trainer, logger=False, precision=cfg.trainer.precision or "32-true",
                     default_root_dir=str(tmp_path))
     assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def _hydra_config(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=["output_dir=/tmp/x", *overrides], return_hydra_config=True)
+
+
+@pytest.mark.parametrize("option", options("hydra/launcher"))
+def test_launcher_presets_instantiate(option):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[sweep]'")
+    from hydra.utils import instantiate
+
+    cfg = _hydra_config(f"hydra/launcher={option}")
+    launcher = instantiate(cfg.hydra.launcher)  # the plugin's own launcher class, with the preset's settings
+    assert type(launcher).__module__.startswith("hydra_plugins.")
+    if option == "slurm":
+        assert cfg.hydra.launcher.additional_parameters.signal.startswith("USR1@")  # Lightning's requeue signal
+    if option == "gpu_pool":
+        assert cfg.hydra.launcher.n_jobs == max(1, torch.cuda.device_count())
+
+
+@pytest.mark.parametrize("option", options("hparams_search"))
+def test_hparams_search_presets_take_the_direction_from_the_metric(option):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[sweep]'")
+    cfg = _hydra_config(f"hparams_search={option}")
+    assert cfg.hydra.sweeper.direction == "maximize" and cfg.hydra.sweeper.storage.endswith("/optuna.db")
+    assert cfg.callbacks.model_checkpoint.mode == "max"
+    cfg = _hydra_config(f"hparams_search={option}", "optimized_metric=val/loss")
+    assert cfg.hydra.sweeper.direction == "minimize" and cfg.callbacks.model_checkpoint.mode == "min"
+    assert cfg.callbacks.early_stopping.mode == "min"
 
 
 @pytest.mark.parametrize("option", options("logger"))

@@ -1,0 +1,96 @@
+"""One GPU per job when a sweep runs jobs in parallel on one machine (``hydra/launcher=gpu_pool`` or joblib).
+
+Parallel jobs of a sweep do not know about each other, so without help every job asks Lightning for "1 GPU"
+and all of them land on GPU 0 while the others idle. Each job instead claims a GPU with an exclusive file
+lock in the sweep folder (``.gpu_locks/gpu<i>.lock``) for as long as it runs, and trains on that GPU; when
+every GPU is taken it waits for one to free up. Locks are released by the OS if a job dies, so a crash never
+leaves a GPU claimed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+GPUS_ENV = "SFT_GPUS"
+
+
+def gpu_count() -> int:
+    """GPUs for a one-job-per-GPU sweep: ``$SFT_GPUS`` if set, else every GPU torch sees (at least 1)."""
+    if os.environ.get(GPUS_ENV):
+        return max(1, int(os.environ[GPUS_ENV]))
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+@contextlib.contextmanager
+def claimed_gpu(lock_dir: str | Path, n_gpus: int, poll_seconds: float = 2.0) -> Iterator[int]:
+    """Hold an exclusive claim on one of GPUs ``0..n_gpus-1`` (waiting while all are claimed); yields its index."""
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for index in range(n_gpus):
+            handle = (lock_dir / f"gpu{index}.lock").open("a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield index
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        if not waited:
+            log.info("All %d GPUs are claimed by other jobs of this sweep; waiting for one.", n_gpus)
+            waited = True
+        time.sleep(poll_seconds)
+
+
+def _hydra_launcher() -> tuple[object, object] | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+    except ImportError:
+        return None
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg, hydra_cfg.launcher
+
+
+def launcher_cpus() -> int | None:
+    """``hydra.launcher.cpus_per_task`` of a submitit launcher: the cores this job may use (None if unset)."""
+    found = _hydra_launcher()
+    if found is None or "submitit" not in str(found[1].get("_target_", "")):
+        return None
+    cpus = found[1].get("cpus_per_task")
+    return int(cpus) if cpus else None
+
+
+def parallel_sweep_dir() -> Path | None:
+    """The sweep folder when this job is one of several running at once on this machine (joblib launcher)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:
+        return None
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN or "joblib" not in str(hydra_cfg.launcher.get("_target_", "")):
+        return None
+    return Path(hydra_cfg.sweep.dir)
+
+
+def wants_one_gpu(trainer_cfg: dict) -> bool:
+    return trainer_cfg.get("accelerator") in ("gpu", "cuda", "auto", None) and trainer_cfg.get("devices") in (1, "1", None)

@@ -1,0 +1,94 @@
+"""Hydra launcher presets: submitit (local) end to end, the GPU claims of the one-trial-per-GPU pool, the
+error for a launcher plugin that is not installed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST
+from tests.test_cli import python
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[sweep]' for the launchers")
+
+
+def test_submitit_local_launcher_runs_each_job_in_its_own_process_and_folder(tiny_bert, tmp_path):
+    sweep = tmp_path / "sweep"
+    out = python(["-m", "sft.run", "-m", "hydra/launcher=local", "hydra.launcher.cpus_per_task=1",
+                  f"model.name_or_path={tiny_bert}", "seed=1,2", f"hydra.sweep.dir={sweep}", *FAST,
+                  "torch_threads=null", "data.train_size=96"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert 0.0 <= metrics["test/acc"] <= 1.0
+        assert json.loads((sweep / job / "run.json").read_text())["argv"][0].endswith("_submit.py")  # submitit's process
+    logs = sorted((sweep / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2  # one submitit job (and log) per sweep job
+    for path in logs:  # each job trained there, on its share of the cores
+        text = path.read_text()
+        assert "Job completed successfully" in text and "torch threads: 1" in text
+    with (sweep / "summary.csv").open(newline="") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["ok", "ok"]
+
+
+def _hold_gpu(lock_dir: str, n_gpus: int, hold: float, results) -> None:
+    from sft.devices import claimed_gpu
+
+    with claimed_gpu(lock_dir, n_gpus, poll_seconds=0.05) as index:
+        start = time.monotonic()
+        time.sleep(hold)
+        results.put((index, start, time.monotonic()))
+
+
+def test_parallel_jobs_claim_different_gpus_and_wait_when_all_are_taken(tmp_path):
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    jobs = [ctx.Process(target=_hold_gpu, args=(str(tmp_path / "locks"), 2, 1.5, results)) for _ in range(3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(60)
+    claims = sorted((results.get(timeout=5) for _ in jobs), key=lambda r: r[1])
+    first, second, third = claims
+    assert {first[0], second[0]} == {0, 1}  # two jobs at once, on different GPUs
+    assert third[1] >= min(first[2], second[2]) - 0.05  # the third waited for a GPU to free up
+    overlapping = [c for c in (first, second) if c[1] < third[2] and third[1] < c[2]]
+    assert all(c[0] != third[0] for c in overlapping)  # never two jobs on one GPU at the same time
+
+
+def test_a_killed_job_releases_its_gpu(tmp_path):
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    holder = ctx.Process(target=_hold_gpu, args=(str(tmp_path / "locks"), 1, 60, results))
+    holder.start()
+    deadline = time.monotonic() + 30
+    while not list((tmp_path / "locks").glob("gpu0.lock")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    holder.kill()
+    holder.join()
+    from sft.devices import claimed_gpu
+
+    with claimed_gpu(tmp_path / "locks", 1, poll_seconds=0.05) as index:
+        assert index == 0
+
+
+@pytest.mark.parametrize(("option", "package"), [("hydra/launcher=slurm", "hydra-submitit-launcher"),
+                                                 ("hydra/launcher=gpu_pool", "hydra-joblib-launcher"),
+                                                 ("hparams_search=optuna_random", "hydra-optuna-sweeper")])
+def test_launcher_plugin_not_installed_names_the_pip_package(tmp_path, option, package):
+    module = {"hydra-submitit-launcher": "hydra_submitit_launcher", "hydra-joblib-launcher": "hydra_joblib_launcher",
+              "hydra-optuna-sweeper": "hydra_optuna_sweeper"}[package]
+    # The plugin is made unimportable in this process only (sys.modules[name] = None means "not installed").
+    probe = (f"import sys, runpy; sys.modules['hydra_plugins.{module}'] = None; "
+             f"sys.argv = ['sft.run', '-m', '{option}', 'seed=1,2']; runpy.run_module('sft.run', run_name='__main__')")
+    out = python(["-c", probe], cwd=tmp_path)
+    assert out.returncode == 2
+    assert f"needs the Hydra plugin {package}, which is not installed" in out.stderr
+    assert f"pip install {package}" in out.stderr
+    assert not Path(tmp_path, "outputs").exists()

@@ -57,3 +57,17 @@ class LastCheckpoint(L.Callback):
 
 
 FIT_FINISHED_KEY = "sft_fit_finished"
+
+
+class ReleaseProcessGroup(L.Callback):
+    """Destroys the gloo/NCCL process group when a forked or spawned DDP worker finishes its fit / validate /
+    test. Lightning does this at exit for NCCL only; a gloo worker that exits with the group alive sometimes
+    aborts (SIGABRT, "terminate called without an active exception"), failing the run after it succeeded."""
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        import torch.distributed as dist
+        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+        if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher) and dist.is_available() \
+                and dist.is_initialized():
+            dist.destroy_process_group()

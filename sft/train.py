@@ -182,8 +182,19 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
     # No checkpoint callback configured (callbacks=none) means none: not Lightning's implicit one.
     checkpointing = {} if any(isinstance(cb, ModelCheckpoint) for cb in callbacks) else {"enable_checkpointing": False}
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision,
-                    default_root_dir=str(output_dir), **checkpointing)
+    from sft.callbacks import ReleaseProcessGroup
+
+    strategy = {}
+    if cfg.trainer.get("strategy") == "ddp_fork" and torch.cuda.is_initialized():
+        # A forked process cannot use CUDA once the parent initialized it: start the ranks fresh instead.
+        log.info("CUDA is already initialized in this process: ddp_spawn instead of ddp_fork.")
+        strategy = {"strategy": "ddp_spawn"}
+    trainer = build(cfg.trainer, callbacks=[*callbacks, ReleaseProcessGroup()], logger=loggers or False,
+                    precision=precision, default_root_dir=str(output_dir), **checkpointing, **strategy)
+    if trainer.world_size > 1:
+        log.info("%d processes (%s); global batch %s = %d per rank.", trainer.world_size,
+                 type(trainer.strategy).__name__, cfg.data.batch_size,
+                 -(-int(cfg.data.batch_size) // trainer.world_size) if str(cfg.data.batch_size).isdigit() else 0)
     if trainer.is_global_zero:
         write_run_info(output_dir, cfg, precision=str(trainer.precision), accelerator=type(trainer.accelerator).__name__)
     if ckpt_path:
@@ -193,10 +204,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
     if finished is None:
         trainer.fit(model, datamodule=fit_datamodule, ckpt_path=ckpt_path)
-        epochs, steps = trainer.current_epoch, trainer.global_step
+        epochs, steps = _fit_progress(trainer, callbacks)
     else:
         log.info("The run in %s had finished training; evaluating its best checkpoint.", output_dir)
-        epochs, steps = finished["epoch"] + 1, finished["global_step"]
+        epochs, steps = finished["epoch"], finished["global_step"]  # saved at train end: epochs completed
     fit_seconds = time.perf_counter() - started
 
     best = _best_checkpoint(callbacks, finished)
@@ -249,6 +260,23 @@ def parameter_counts(model: Any) -> dict[str, float]:
     """Total and trainable parameters (trainable at the end of fit: all unfrozen groups for gradual)."""
     return {"params/total": float(sum(p.numel() for p in model.parameters())),
             "params/trainable": float(sum(p.numel() for p in model.parameters() if p.requires_grad))}
+
+
+def _fit_progress(trainer: Any, callbacks: list[Any]) -> tuple[int, int]:
+    """Epochs and optimizer steps of the fit. With forked / spawned DDP ranks the fit ran in the workers and this
+    process's trainer never advanced: the counts come from the last checkpoint the workers wrote."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    from sft.callbacks import LastCheckpoint
+
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        for cb in callbacks:
+            if isinstance(cb, LastCheckpoint) and cb.path.is_file():
+                import torch
+
+                checkpoint = torch.load(cb.path, map_location="cpu", weights_only=True, mmap=True)
+                return checkpoint["epoch"], checkpoint["global_step"]  # saved at train end: epochs completed
+    return trainer.current_epoch, trainer.global_step
 
 
 def _finished_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:

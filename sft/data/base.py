@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 
-from sft.data.batching import TrainBatchSampler
+from sft.data.batching import TrainBatchSampler, distributed_rank
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -38,7 +38,9 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def make_train_sampler(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool,
                            drop_last: bool = False) -> TrainBatchSampler:
-        sampler = TrainBatchSampler(lengths, batch_size, seed, group_by_length=group_by_length, drop_last=drop_last)
+        rank, world_size = distributed_rank()  # loaders are built in each DDP process, after the group is up
+        sampler = TrainBatchSampler(lengths, batch_size, seed, group_by_length=group_by_length, drop_last=drop_last,
+                                    rank=rank, world_size=world_size)
         if self._resume_state is not None:
             sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches_done"])
             self._resume_state = None

@@ -31,18 +31,44 @@ class PadCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process in a running torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def eval_batches(n: int, batch_size: int) -> list[list[int]]:
+    """This process's share of an evaluation split, in order: every example exactly once over all ranks
+    (Lightning's DistributedSampler would pad with repeats and skew the metrics), and at least one batch on
+    every rank whenever there are as many examples as ranks."""
+    rank, world = distributed_rank()
+    mine = list(range(rank, n, world))
+    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
 class TrainBatchSampler:
     """Seeded per-epoch shuffling, optionally length-grouped, that can skip batches already trained on.
 
     Lightning calls ``set_epoch`` before each epoch. ``resume_at(epoch, batches)`` makes that epoch
     start after its first ``batches`` batches, so a run resumed from a mid-epoch checkpoint sees
     exactly the batches an uninterrupted run would.
+
+    Under DDP ``batch_size`` stays the *global* batch: every rank draws the same batches and trains on its
+    slice of each (``rank::world_size``); DDP averages the gradients, so a step equals the single-process step
+    on the whole batch, and the learning rate and schedule need no change when devices are added.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
-                 chunk_batches: int = 50, drop_last: bool = False):
+                 chunk_batches: int = 50, drop_last: bool = False, rank: int = 0, world_size: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size} processes")
+        self.rank = rank
+        self.world_size = world_size
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.seed = seed
@@ -85,5 +111,9 @@ class TrainBatchSampler:
         if self._resume is not None and self._resume[0] == self.epoch:
             skip = self._resume[1]
             self._resume = None
-        yield from batches[skip:]
+        for batch in batches[skip:]:
+            if self.world_size == 1:
+                yield batch
+            else:  # a batch smaller than the world (the last one) repeats its first example on the ranks left over
+                yield batch[self.rank :: self.world_size] or batch[:1]
 

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sft.data.base import ClassificationDataModule
+from sft.data.batching import eval_batches
 from sft.errors import ConfigError
 
 
@@ -116,7 +117,8 @@ class ImageDataModule(ClassificationDataModule):
         return self._loader(dataset, batch_sampler=sampler)
 
     def eval_dataloader(self, split: str) -> DataLoader:
-        return self._loader(self.datasets[split], batch_size=self.eval_batch_size, shuffle=False)
+        return self._loader(self.datasets[split], batch_sampler=eval_batches(len(self.datasets[split]),
+                                                                             self.eval_batch_size))
 
     def input_fingerprint(self) -> str:
         """What the model sees at evaluation: the data and the eval preprocessing (no augmentation)."""

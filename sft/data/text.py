@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from sft.cache import atomic_save
 from sft.cache import cache_dir as sft_cache_dir
 from sft.data.base import ClassificationDataModule
-from sft.data.batching import PadCollator
+from sft.data.batching import PadCollator, eval_batches
 from sft.data.sources import SPLITS, TextSplits, subsample
 from sft.errors import ConfigError
 
@@ -184,7 +184,7 @@ class TextDataModule(ClassificationDataModule):
 
     def eval_dataloader(self, split: str) -> DataLoader:
         size = self.eval_batch_size or (len(self.datasets["train"]) if self.batch_size == "full" else self.batch_size)
-        return self._loader(self.datasets[split], batch_size=int(size), shuffle=False)
+        return self._loader(self.datasets[split], batch_sampler=eval_batches(len(self.datasets[split]), int(size)))
 
     def ordered_dataloader(self, split: str) -> DataLoader:
         """Every example of the split once, in batches of similar length (little padding: a feature pass

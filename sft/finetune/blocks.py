@@ -131,3 +131,15 @@ def group_modules(model: nn.Module, bmap: BlockMap, group: str) -> list[nn.Modul
         except AttributeError:
             continue
     return modules
+
+
+def fsdp_block_classes() -> set[type[nn.Module]]:
+    """The block classes of the supported backbones: FSDP's wrap unit and activation-checkpointing unit
+    (``conf/trainer/fsdp.yaml``), the same blocks the freeze strategies use."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+    from torchvision.models.vision_transformer import EncoderBlock
+    from transformers.models.bert.modeling_bert import BertLayer
+    from transformers.models.distilbert.modeling_distilbert import TransformerBlock
+    from transformers.models.roberta.modeling_roberta import RobertaLayer
+
+    return {BertLayer, RobertaLayer, TransformerBlock, EncoderBlock, BasicBlock, Bottleneck}

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from sft.cache import atomic_save
 from sft.cache import cache_dir as sft_cache_dir
 from sft.data.base import ClassificationDataModule
+from sft.data.batching import eval_batches
 
 log = logging.getLogger(__name__)
 
@@ -125,4 +126,5 @@ class FeatureDataModule(ClassificationDataModule):
         return self._loader(dataset, batch_sampler=sampler)
 
     def eval_dataloader(self, split: str) -> DataLoader:
-        return self._loader(self.datasets[split], batch_size=max(self.batch_size, 256), shuffle=False)
+        return self._loader(self.datasets[split], batch_sampler=eval_batches(len(self.datasets[split]),
+                                                                             max(self.batch_size, 256)))

@@ -229,7 +229,9 @@ class Classifier(L.LightningModule):
         loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
         metrics.update(logits.detach().float(), batch["labels"])
         bs = len(batch["labels"])
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=stage == "train", on_epoch=True, batch_size=bs)
+        # Averaged over DDP ranks for val / test (once per epoch); train/loss stays per rank (no sync per step).
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=stage == "train", on_epoch=True,
+                 batch_size=bs, sync_dist=stage != "train")
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=bs)
         return loss
 

@@ -59,15 +59,33 @@ class LastCheckpoint(L.Callback):
 FIT_FINISHED_KEY = "sft_fit_finished"
 
 
-class ReleaseProcessGroup(L.Callback):
-    """Destroys the gloo/NCCL process group when a forked or spawned DDP worker finishes its fit / validate /
-    test. Lightning does this at exit for NCCL only; a gloo worker that exits with the group alive sometimes
-    aborts (SIGABRT, "terminate called without an active exception"), failing the run after it succeeded."""
+class WorkerRanks(L.Callback):
+    """Keeps DDP ranks started by fork / spawn (``trainer=ddp``) healthy; does nothing otherwise.
+
+    - One intra-op thread per forked rank: OpenMP (libgomp) is not fork-safe, and a forked rank whose
+      parent already used the thread pool can deadlock in its first parallel op (seen here in
+      ``load_state_dict`` with OMP_NUM_THREADS=2). Lightning only sets 1 thread when OMP_NUM_THREADS is unset.
+    - The gloo/NCCL process group is destroyed when the rank finishes fit / validate / test. Lightning does
+      this at exit for NCCL only; a gloo rank exiting with the group alive sometimes aborts (SIGABRT,
+      "terminate called without an active exception"), failing a run that succeeded.
+    """
+
+    @staticmethod
+    def _launcher(trainer: L.Trainer) -> object | None:
+        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+        launcher = trainer.strategy.launcher
+        return launcher if isinstance(launcher, _MultiProcessingLauncher) else None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        launcher = self._launcher(trainer)
+        if launcher is not None and launcher._start_method == "fork":
+            import torch
+
+            torch.set_num_threads(1)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         import torch.distributed as dist
-        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
-        if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher) and dist.is_available() \
-                and dist.is_initialized():
+        if self._launcher(trainer) is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -182,14 +182,14 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
     # No checkpoint callback configured (callbacks=none) means none: not Lightning's implicit one.
     checkpointing = {} if any(isinstance(cb, ModelCheckpoint) for cb in callbacks) else {"enable_checkpointing": False}
-    from sft.callbacks import ReleaseProcessGroup
+    from sft.callbacks import WorkerRanks
 
     strategy = {}
     if cfg.trainer.get("strategy") == "ddp_fork" and torch.cuda.is_initialized():
         # A forked process cannot use CUDA once the parent initialized it: start the ranks fresh instead.
         log.info("CUDA is already initialized in this process: ddp_spawn instead of ddp_fork.")
         strategy = {"strategy": "ddp_spawn"}
-    trainer = build(cfg.trainer, callbacks=[*callbacks, ReleaseProcessGroup()], logger=loggers or False,
+    trainer = build(cfg.trainer, callbacks=[*callbacks, WorkerRanks()], logger=loggers or False,
                     precision=precision, default_root_dir=str(output_dir), **checkpointing, **strategy)
     if trainer.world_size > 1:
         log.info("%d processes (%s); global batch %s = %d per rank.", trainer.world_size,

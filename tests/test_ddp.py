@@ -1,0 +1,80 @@
+"""trainer=ddp on CPU: 2 gloo processes give the single-process results, one folder per job, also in a multirun."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sft.train import train
+from tests.conftest import FAST
+from tests.test_cli import python
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+
+
+@pytest.fixture(scope="module")
+def no_dropout_bert(tmp_path_factory, minilm_path) -> str:
+    """A tiny BERT without dropout: a step then depends only on the batch, not on each rank's dropout masks,
+    so DDP over 2 processes must reproduce the single-process run."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_bert_no_dropout")
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
+    return str(folder)
+
+
+COMMON = ["trainer.max_epochs=3", "data.train_size=96", "data.batch_size=16", "optimizer.lr=3e-3",
+          "trainer.precision=32", "report=none", "export=false"]
+
+
+@pytest.mark.parametrize("freeze", ["none", "gradual"])
+def test_ddp_two_processes_match_the_single_process_run(compose_cfg, no_dropout_bert, tmp_path, freeze):
+    def run(name: str, *extra: str) -> dict[str, float]:
+        cfg = compose_cfg(f"model.name_or_path={no_dropout_bert}", f"output_dir={tmp_path / name}", *FAST, *COMMON,
+                          f"freeze={freeze}", *(["freeze.milestones=[1,2,3]"] if freeze == "gradual" else []), *extra)
+        return train(cfg)
+
+    single = run("single", "torch_threads=1")
+    ddp = run("ddp", "trainer=ddp")
+    # Same optimizer steps (data.batch_size is the global batch), same data, same updates.
+    assert ddp["fit/global_step"] == single["fit/global_step"] == 3 * 6
+    assert ddp["fit/epochs"] == single["fit/epochs"] == 3
+    for key in ("val/loss", "test/loss"):  # every example evaluated once, losses averaged over the ranks
+        assert ddp[key] == pytest.approx(single[key], abs=2e-4), key
+    for key in ("val/acc", "test/acc", "test/f1"):
+        assert ddp[key] == pytest.approx(single[key], abs=1 / 120 + 1e-6), key
+    assert abs(ddp["val/loss"] - run("other_seed", "seed=7")["val/loss"]) > 10 * abs(ddp["val/loss"] - single["val/loss"])
+
+    run_dir = tmp_path / "ddp"
+    with (run_dir / "logs" / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sum(bool(r.get("train/loss_epoch")) for r in rows) == 3  # the training curve survives validate / test
+    assert sum(bool(r.get("test/acc")) for r in rows) == 1  # the best checkpoint tested once
+    assert json.loads((run_dir / "run.json").read_text())["starts"][0]["accelerator"] == "CPUAccelerator"
+
+
+def test_ddp_inside_a_multirun_makes_one_folder_per_job(no_dropout_bert, tmp_path):
+    sweep = tmp_path / "sweep"
+    out = python(["-m", "sft.run", "-m", "trainer=ddp", "seed=1,2", f"model.name_or_path={no_dropout_bert}",
+                  f"hydra.sweep.dir={sweep}", *FAST, "trainer.max_epochs=1", "data.train_size=64",
+                  "torch_threads=null"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # no folder per rank
+    assert not (tmp_path / "outputs").exists()  # and no second sweep started by a re-executed command line
+    for job, seed in (("0", 1), ("1", 2)):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert 0.0 <= metrics["test/acc"] <= 1.0
+        assert f"seed: {seed}" in (sweep / job / "config.yaml").read_text()
+    assert (sweep / "summary.csv").is_file()
+    assert "terminate called" not in out.stderr  # gloo's exit abort (process group released in teardown)
+    assert out.stderr.count("2 processes (DDPStrategy)") + out.stdout.count("2 processes (DDPStrategy)") == 2
+    assert Path(sweep / "0" / "checkpoints" / "last.ckpt").is_file()

@@ -106,7 +106,7 @@ def missing_plugin(argv: list[str]) -> str | None:
             for word, (module, package) in PLUGINS.items():
                 if word in text and not _importable(module):
                     return (f"{group}={option} needs the Hydra plugin {package}, which is not installed. Install it "
-                            f"with `pip install {package}` (or every sweep plugin: `pip install 'sft[sweep]'`).")
+                            f"with `pip install {package}` (or every sweep plugin: `pip install -e '.[sweep]'` in the sft checkout).")
     return None
 
 

@@ -183,7 +183,14 @@ def test_freeze_options(compose_cfg, tiny_bert, option):
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_options(compose_cfg, option, tmp_path):
     cfg = compose_cfg(f"trainer={option}", "output_dir=/tmp/x")
-    if option == "gpu" and not torch.cuda.is_available():
+    if option == "fsdp":  # the strategy (block classes as FSDP units) builds anywhere; the Trainer needs GPUs
+        from lightning.pytorch.strategies import FSDPStrategy
+        from transformers.models.bert.modeling_bert import BertLayer
+
+        strategy = build(cfg.trainer.strategy)
+        assert isinstance(strategy, FSDPStrategy) and cfg.trainer.use_distributed_sampler is False
+        assert BertLayer in build(cfg.trainer.strategy.auto_wrap_policy)
+    if option in ("gpu", "fsdp") and not torch.cuda.is_available():
         with pytest.raises(Exception, match="(?i)gpu|cuda|accelerator"):
             build(cfg.trainer, logger=False, precision="32-true", default_root_dir=str(tmp_path))
         return

@@ -78,3 +78,29 @@ def test_ddp_inside_a_multirun_makes_one_folder_per_job(no_dropout_bert, tmp_pat
     assert "terminate called" not in out.stderr  # gloo's exit abort (process group released in teardown)
     assert out.stderr.count("2 processes (DDPStrategy)") + out.stdout.count("2 processes (DDPStrategy)") == 2
     assert Path(sweep / "0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_each_rank_trains_on_its_slice_of_the_same_global_batches():
+    from sft.data.batching import TrainBatchSampler
+
+    lengths = [(i * 7) % 23 + 1 for i in range(50)]
+    single = TrainBatchSampler(lengths, batch_size=8, seed=3)
+    ranks = [TrainBatchSampler(lengths, batch_size=8, seed=3, rank=r, world_size=2) for r in range(2)]
+    for sampler in (single, *ranks):
+        sampler.set_epoch(1)
+    whole, parts = list(single), [list(s) for s in ranks]
+    assert len(parts[0]) == len(parts[1]) == len(whole) == len(single)  # every rank steps together
+    for batch, a, b in zip(whole, *parts, strict=True):
+        assert sorted(a + b) == sorted(batch) and not set(a) & set(b)
+    ranks[0].resume_at(1, 2)  # a resumed rank skips the same global batches
+    ranks[0].set_epoch(1)
+    assert list(ranks[0]) == parts[0][2:]
+    lone = list(TrainBatchSampler([1, 1, 1], batch_size=2, seed=0, group_by_length=False, rank=1, world_size=2))
+    assert all(lone)  # a 1-example last batch still gives the second rank an example (no empty step)
+
+
+def test_eval_batches_cover_the_split_once_outside_ddp():
+    from sft.data.batching import eval_batches
+
+    batches = eval_batches(10, 4)
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # no process group: the split in order

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing as mp
+import os
 import time
 from pathlib import Path
 
@@ -92,3 +93,27 @@ def test_launcher_plugin_not_installed_names_the_pip_package(tmp_path, option, p
     assert f"needs the Hydra plugin {package}, which is not installed" in out.stderr
     assert f"pip install {package}" in out.stderr
     assert not Path(tmp_path, "outputs").exists()
+
+
+def test_slurm_preset_writes_the_sbatch_script_lightning_requeue_needs(tmp_path):
+    """The real Hydra submitit launcher up to the cluster: a stand-in `sbatch` (there is no SLURM here) refuses
+    the job, and the batch script submitit wrote is checked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: no cluster here' >&2\nexit 1\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only checks that srun exists
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    sweep = tmp_path / "sweep"
+    out = python(["-m", "sft.run", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "seed=1,2",
+                  "report=none", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                 env_extra={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert out.returncode != 0 and "no cluster here" in out.stderr
+    scripts = list((sweep / ".submitit").rglob("*.sh"))  # the batch script, written before sbatch is called
+    assert len(scripts) == 1  # one job array for the sweep
+    text = scripts[0].read_text()
+    for line in ("#SBATCH --signal=USR1@120", "#SBATCH --requeue", "#SBATCH --partition=gpu",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --ntasks-per-node=1", "#SBATCH --time=240",
+                 "#SBATCH --array=0-1%2"):
+        assert line in text, line
+    assert "USR2" not in text  # submitit's own signal replaced by Lightning's

@@ -21,6 +21,7 @@ def run(compose_cfg, tmp_path, *overrides: str) -> dict[str, float]:
     return train(cfg)
 
 
+@pytest.mark.slow  # ~100 s on 2 cores: keeps `make test` under its 15-minute budget
 @needs_hymenoptera
 def test_linear_probe_reaches_090(compose_cfg, tmp_path):
     metrics = run(compose_cfg, tmp_path, "freeze=backbone", "optimizer.lr=1e-3", "trainer.max_epochs=3")

@@ -86,6 +86,26 @@ def swept(config: DictConfig) -> tuple[list[str], list[tuple[Any, str]]]:
     return fixed, sweeps
 
 
+# Strategies whose extra ranks Lightning starts by re-running the command line (its subprocess launcher): under
+# a multirun every rank would run the whole sweep again (lightning-hydra-template #393, hydra #2070).
+RELAUNCHING_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "fsdp", "FSDPStrategy", "DDPStrategy")
+
+
+def check_ranks_in_sweep(cfg: DictConfig, sweep_config: DictConfig) -> None:
+    """Refuse a multi-device strategy that re-executes the command line, unless SLURM starts the ranks."""
+    strategy = OmegaConf.select(cfg, "trainer.strategy")
+    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    if not any(name == s or name.endswith("." + s) for s in RELAUNCHING_STRATEGIES) or devices in (1, "1", [0]):
+        return
+    if "slurm" in str(OmegaConf.select(sweep_config, "hydra.launcher._target_") or "").lower():
+        return  # SLURM tasks are the ranks; Lightning starts none
+    raise ConfigError(
+        f"trainer.strategy={name} starts its ranks by re-running the command line, which inside a sweep runs the "
+        "whole sweep again in every rank. Use trainer=ddp (ddp_fork) for multi-device jobs in a sweep, or launch "
+        "the sweep with hydra/launcher=slurm and tasks_per_node=<devices> so SLURM starts the ranks.")
+
+
 def check_sweep(config: DictConfig) -> int:
     """Raise :class:`ConfigError` for a sweep with a missing key, a bad value or an invalid range; returns
     how many job configs were composed and checked."""
@@ -94,6 +114,7 @@ def check_sweep(config: DictConfig) -> int:
 
     from sft.checks import check_config
 
+    check_ranks_in_sweep(config, config)
     fixed, sweeps = swept(config)
     if not sweeps:
         return 0
@@ -115,6 +136,7 @@ def check_sweep(config: DictConfig) -> int:
                 cfg.output_dir = str(config.hydra.sweep.dir)
             try:
                 check_config(cfg)
+                check_ranks_in_sweep(cfg, config)
             except ConfigError as e:
                 raise ConfigError(f"Sweep over {key} ({where}), value {value}: {e}") from None
             checked += 1
@@ -125,12 +147,12 @@ class SweepChecks(_HydraCallback):
     """Hydra callback: :func:`check_sweep` before the first job; a bad sweep exits with code 2 and one message."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        target = OmegaConf.select(config, "hydra.sweeper._target_") or ""
-        if target.startswith("hydra_plugins.sft."):
-            from sft.sweeper import register
-
-            register()
         try:
+            target = OmegaConf.select(config, "hydra.sweeper._target_") or ""
+            if target.startswith("hydra_plugins.sft."):
+                from sft.sweeper import register
+
+                register()
             checked = check_sweep(config)
         except SftError as e:
             log.error("%s", e)

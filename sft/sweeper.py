@@ -10,6 +10,9 @@ The plugin's own sweeper, used by ``conf/hparams_search/optuna_*.yaml``, with th
 - **The SQLite file's folder is created** before the study is opened (the sweep folder does not exist yet).
 - **A clear end** when every trial failed (the plugin raises ``No trials are completed yet``).
 
+Resuming assumes the interrupted sweep is over: its jobs (e.g. SLURM jobs that outlive the sweeping
+process) must have stopped, since trials still marked RUNNING are run again in their folders.
+
 Failed trials (an exception, a NaN metric) are recorded as FAIL and the sweep goes on when
 ``max_failure_rate`` allows it; the presets set 1.0.
 """
@@ -124,8 +127,22 @@ class _ResumableImpl(OptunaSweeperImpl):
                 state, values = TrialState.FAIL, None
             study.tell(trial.number, values=values, state=state)
         finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-        self.n_trials = max(0, self.n_trials - finished)
-        log.info("%d of %d trials to go.", self.n_trials, self.n_trials + finished)
+        total = min(self.n_trials, self._grid_size(arguments) or self.n_trials)  # a grid holds so many trials
+        self.n_trials = max(0, total - finished)
+        log.info("%d of %d trials to go.", self.n_trials, total)
+
+    def _grid_size(self, arguments: list[str]) -> int | None:
+        """Points of a GridSampler's grid (the plugin caps n_trials at it; here before the finished are taken off)."""
+        import functools
+
+        import optuna
+        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+        if not (isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler):
+            return None
+        self._process_searchspace_config()
+        distributions, fixed = create_params_from_overrides([*self._parse_sweeper_params_config(), *arguments])
+        return math.prod(len(self._to_grid_sampler_choices(d)) for k, d in distributions.items() if k not in fixed)
 
 
 class OptunaSweeper(PluginOptunaSweeper):

@@ -192,9 +192,13 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     trainer = build(cfg.trainer, callbacks=[*callbacks, WorkerRanks()], logger=loggers or False,
                     precision=precision, default_root_dir=str(output_dir), **checkpointing, **strategy)
     if trainer.world_size > 1:
-        log.info("%d processes (%s); global batch %s = %d per rank.", trainer.world_size,
-                 type(trainer.strategy).__name__, cfg.data.batch_size,
-                 -(-int(cfg.data.batch_size) // trainer.world_size) if str(cfg.data.batch_size).isdigit() else 0)
+        _check_global_batch(cfg.data.batch_size, trainer.world_size)
+        log.info("%d processes (%s); global batch %s split across them.", trainer.world_size,
+                 type(trainer.strategy).__name__, cfg.data.batch_size)
+    if not ckpt_path:  # a fresh start in a used folder: the earlier run's metrics.csv rows do not belong to it
+        from sft.loggers import discard_previous_metrics
+
+        discard_previous_metrics(loggers)
     if trainer.is_global_zero:
         write_run_info(output_dir, cfg, precision=str(trainer.precision), accelerator=type(trainer.accelerator).__name__)
     if ckpt_path:
@@ -260,6 +264,19 @@ def parameter_counts(model: Any) -> dict[str, float]:
     """Total and trainable parameters (trainable at the end of fit: all unfrozen groups for gradual)."""
     return {"params/total": float(sum(p.numel() for p in model.parameters())),
             "params/trainable": float(sum(p.numel() for p in model.parameters() if p.requires_grad))}
+
+
+def _check_global_batch(batch_size: Any, world_size: int) -> None:
+    """data.batch_size is the global batch: each of the ranks needs part of it, equal parts for an exact step."""
+    if not isinstance(batch_size, int):
+        return  # "full": the whole training set
+    if batch_size < world_size:
+        raise ConfigError(f"data.batch_size={batch_size} is the global batch, split across {world_size} processes; "
+                          f"each needs at least one example: use data.batch_size>={world_size} (or fewer devices).")
+    if batch_size % world_size:
+        log.warning("data.batch_size=%d does not split evenly over %d processes: examples of a step are weighted "
+                    "slightly unevenly; a multiple of %d makes a DDP step equal the single-process step.",
+                    batch_size, world_size, world_size)
 
 
 def _fit_progress(trainer: Any, callbacks: list[Any]) -> tuple[int, int]:

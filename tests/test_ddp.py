@@ -104,3 +104,22 @@ def test_eval_batches_cover_the_split_once_outside_ddp():
 
     batches = eval_batches(10, 4)
     assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # no process group: the split in order
+
+
+@pytest.mark.parametrize(("n", "batch_size", "world"), [(65, 32, 2), (120, 16, 2), (7, 3, 2), (1000, 64, 8)])
+def test_eval_batches_give_every_rank_the_same_number_of_batches_and_each_example_once(n, batch_size, world):
+    from sft.data.batching import eval_batches
+
+    shares = [eval_batches(n, batch_size, rank, world) for rank in range(world)]
+    assert len({len(share) for share in shares}) == 1  # ranks step together (a forward can be a collective)
+    assert all(0 < len(batch) <= batch_size for share in shares for batch in share)
+    assert sorted(i for share in shares for batch in share for i in batch) == list(range(n))  # no repeats
+
+
+def test_a_global_batch_smaller_than_the_world_is_refused(compose_cfg, no_dropout_bert, tmp_path):
+    from sft.errors import ConfigError
+
+    cfg = compose_cfg(f"model.name_or_path={no_dropout_bert}", f"output_dir={tmp_path / 'run'}", *FAST, *COMMON,
+                      "trainer=ddp", "data.batch_size=1")
+    with pytest.raises(ConfigError, match=r"data.batch_size=1 is the global batch, split across 2 processes"):
+        train(cfg)

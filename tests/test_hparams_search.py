@@ -21,8 +21,9 @@ optuna = pytest.importorskip("optuna", reason="the sweep extra is not installed:
 
 def _search_args(tiny_bert: str, sweep: Path) -> list[str]:
     # A grid over three learning rates, so the 3 trials are known: 1e12 makes the loss NaN (a failed trial).
+    # n_trials=5 > the grid: the search stops at 3, also when resumed.
     return ["-m", "sft.run", "hparams_search=optuna_tpe", "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null",
-            "optimizer.lr=choice(1e-3,1e12,3e-3)", "hydra.sweeper.n_trials=3", f"model.name_or_path={tiny_bert}",
+            "optimizer.lr=choice(1e-3,1e12,3e-3)", "hydra.sweeper.n_trials=5", f"model.name_or_path={tiny_bert}",
             f"hydra.sweep.dir={sweep}", *FAST, "trainer.max_epochs=20", "data.train_size=96",
             "callbacks.last_checkpoint.every_n_train_steps=1", "callbacks.early_stopping=null"]
 
@@ -128,6 +129,8 @@ def test_sweep_checks_compose_every_swept_value(multirun_config):
      "(hydra.sweeper.params): optimizer.lr=tag(log, interval(0, 1e-3)) is log-scaled, so its low end must be > 0"),
     (["hparams_search=optuna_tpe", "optimizer.weight_decay=interval(-1.0,0.1)"],
      "optimizer.weight_decay=-1.0 must be a number >= 0"),
+    (["trainer=ddp", "trainer.strategy=ddp", "seed=1,2"], "starts its ranks by re-running the command line"),
+    (["trainer=fsdp", "seed=1,2"], "trainer.strategy=lightning.pytorch.strategies.FSDPStrategy starts its ranks"),
 ])
 def test_bad_sweeps_are_refused_with_the_key_and_the_fix(multirun_config, overrides, message):
     from sft.errors import ConfigError

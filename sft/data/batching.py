@@ -40,13 +40,26 @@ def distributed_rank() -> tuple[int, int]:
     return 0, 1
 
 
-def eval_batches(n: int, batch_size: int) -> list[list[int]]:
+def eval_batches(n: int, batch_size: int, rank: int | None = None, world: int | None = None) -> list[list[int]]:
     """This process's share of an evaluation split, in order: every example exactly once over all ranks
-    (Lightning's DistributedSampler would pad with repeats and skew the metrics), and at least one batch on
-    every rank whenever there are as many examples as ranks."""
-    rank, world = distributed_rank()
+    (Lightning's DistributedSampler would pad with repeats and skew the metrics).
+
+    Under DDP every rank gets the same *number* of batches (a forward through the wrapped model can be a
+    collective: buffer broadcast, FSDP all-gather), so a rank's share is cut into as many batches as the
+    largest share needs. Only with fewer examples on a rank than batches (batch size 1, or fewer examples
+    than ranks) does a rank repeat example 0.
+    """
+    if rank is None or world is None:
+        rank, world = distributed_rank()
+    if world == 1:
+        return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     mine = list(range(rank, n, world))
-    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    largest = -(-n // world)  # examples in the largest share
+    count = max(1, -(-largest // batch_size))
+    mine += [0] * (count - len(mine))
+    quotient, extra = divmod(len(mine), count)
+    bounds = [i * quotient + min(i, extra) for i in range(count + 1)]
+    return [mine[bounds[i] : bounds[i + 1]] for i in range(count)]
 
 
 class TrainBatchSampler:

@@ -59,6 +59,14 @@ class LastCheckpoint(L.Callback):
 FIT_FINISHED_KEY = "sft_fit_finished"
 
 
+def worker_launcher(trainer: L.Trainer) -> object | None:
+    """The trainer's fork / spawn launcher (DDP ranks run in worker processes), else None."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    launcher = trainer.strategy.launcher
+    return launcher if isinstance(launcher, _MultiProcessingLauncher) else None
+
+
 class WorkerRanks(L.Callback):
     """Keeps DDP ranks started by fork / spawn (``trainer=ddp``) healthy; does nothing otherwise.
 
@@ -70,15 +78,8 @@ class WorkerRanks(L.Callback):
       "terminate called without an active exception"), failing a run that succeeded.
     """
 
-    @staticmethod
-    def _launcher(trainer: L.Trainer) -> object | None:
-        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-
-        launcher = trainer.strategy.launcher
-        return launcher if isinstance(launcher, _MultiProcessingLauncher) else None
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        launcher = self._launcher(trainer)
+        launcher = worker_launcher(trainer)
         if launcher is not None and launcher._start_method == "fork":
             import torch
 
@@ -87,5 +88,5 @@ class WorkerRanks(L.Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         import torch.distributed as dist
 
-        if self._launcher(trainer) is not None and dist.is_available() and dist.is_initialized():
+        if worker_launcher(trainer) is not None and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

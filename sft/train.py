@@ -282,17 +282,13 @@ def _check_global_batch(batch_size: Any, world_size: int) -> None:
 def _fit_progress(trainer: Any, callbacks: list[Any]) -> tuple[int, int]:
     """Epochs and optimizer steps of the fit. With forked / spawned DDP ranks the fit ran in the workers and this
     process's trainer never advanced: the counts come from the last checkpoint the workers wrote."""
-    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+    from sft.callbacks import LastCheckpoint, worker_launcher
 
-    from sft.callbacks import LastCheckpoint
-
-    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+    if worker_launcher(trainer) is not None:
         for cb in callbacks:
-            if isinstance(cb, LastCheckpoint) and cb.path.is_file():
-                import torch
-
-                checkpoint = torch.load(cb.path, map_location="cpu", weights_only=True, mmap=True)
-                return checkpoint["epoch"], checkpoint["global_step"]  # saved at train end: epochs completed
+            finished = _finished_checkpoint(str(cb.path)) if isinstance(cb, LastCheckpoint) and cb.path.is_file() else None
+            if finished:
+                return finished["epoch"], finished["global_step"]  # saved at train end: epochs completed
     return trainer.current_epoch, trainer.global_step
 
 

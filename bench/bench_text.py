@@ -54,7 +54,7 @@ THREADS = 2
 
 def cpu_bf16() -> bool:
     """True when the CPU runs bf16 matmuls natively (AMX or AVX512-BF16): sft's own test."""
-    from sft.train import cpu_supports_bf16
+    from sft.devices import cpu_supports_bf16
 
     return cpu_supports_bf16()
 

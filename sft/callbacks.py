@@ -6,12 +6,18 @@ import os
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
 
 
-class LastCheckpoint(L.Callback):
+class LastCheckpoint(Checkpoint):
     """Keeps ``<dirpath>/last.ckpt`` current: every ``every_n_train_steps`` steps, after every validation
     and at the end of training. Written to a temporary file and renamed, so a kill at any moment leaves
     either the previous or the new checkpoint, never a truncated one.
+
+    A ``Checkpoint`` subclass so that Lightning runs its hooks after every non-checkpoint callback, and listed
+    after the other checkpoint callbacks by ``ordered_callbacks``: the checkpoint written after a validation then
+    holds that validation's outcome (EarlyStopping's wait count, ModelCheckpoint's best score), which a resumed
+    run cannot recompute, since it does not repeat the validation.
 
     (Lightning's ``ModelCheckpoint(save_last=True)`` only refreshes last.ckpt when it also saves a top-k
     checkpoint, and two such callbacks race for the same file name.)
@@ -43,8 +49,8 @@ class LastCheckpoint(L.Callback):
             self._save(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn == "fit":
-            self._save(trainer)
+        if trainer.state.fn == "fit":  # forced: a save at this step before the validation lacks its outcome
+            self._save(trainer, force=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Marked finished: resuming such a run skips fit (Lightning cannot restart a completed fit
@@ -57,6 +63,60 @@ class LastCheckpoint(L.Callback):
 
 
 FIT_FINISHED_KEY = "sft_fit_finished"
+
+
+def ordered_callbacks(callbacks: list[L.Callback]) -> list[L.Callback]:
+    """``LastCheckpoint`` after every other callback (stable otherwise), whatever order the config lists them in."""
+    return sorted(callbacks, key=lambda cb: isinstance(cb, LastCheckpoint))
+
+
+class ValidateAtStepLimit(L.Callback):
+    """A fit bounded by ``max_steps`` validates after its last step, like one bounded by epochs.
+
+    Lightning stops at ``max_steps`` without validating unless the step ends an epoch (or hits
+    ``val_check_interval``), so the last steps would never reach checkpoint selection or early stopping.
+    Asking the loop to stop at that step makes it validate first (its "stop early" path).
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
+class DeferredRequeue(L.Callback):
+    """Lightning's SLURM auto-requeue handler (save ``hpc_ckpt_<n>.ckpt``, requeue the job) runs at the next batch
+    boundary instead of the moment the signal arrives.
+
+    The signal can land anywhere, e.g. between the optimizer step and the step counter's increment, and a
+    checkpoint saved there resumes inexactly. The handler itself is Lightning's; only its timing changes.
+    """
+
+    def __init__(self) -> None:
+        self._handler = None
+        self._pending: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import signal
+        import threading
+
+        # The environment Lightning's signal connector reads to pick the signal (SLURMEnvironment: SIGUSR1).
+        requeue = getattr(trainer._accelerator_connector.cluster_environment, "requeue_signal", None)
+        if requeue is None or threading.current_thread() is not threading.main_thread():
+            return
+        handler = signal.getsignal(requeue)
+        if not callable(handler):  # Lightning installed none: auto-requeue off, or not under SLURM
+            return
+        self._handler = handler
+
+        def defer(signum: int, frame: object) -> None:
+            self._pending = signum
+
+        signal.signal(requeue, defer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if self._pending is not None and self._handler is not None:
+            signum, self._pending = self._pending, None
+            self._handler(signum, None)
 
 
 def worker_launcher(trainer: L.Trainer) -> object | None:

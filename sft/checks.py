@@ -1,6 +1,10 @@
-"""Early checks of a composed config: clear errors before anything slow happens (no torch here)."""
+"""Early checks of a composed config: clear errors before anything slow happens (before data and models load)."""
 
 from __future__ import annotations
+
+import difflib
+import functools
+import inspect
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,6 +36,7 @@ def check_config(cfg: DictConfig) -> None:
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or (max_epochs < 1 and max_epochs != -1)):
         raise ConfigError(f"trainer.max_epochs={max_epochs!r} must be an integer >= 1 (or -1 with trainer.max_steps).")
+    check_trainer(cfg.get("trainer"))
     batch_size = OmegaConf.select(cfg, "data.batch_size")
     if batch_size is not None and batch_size != "full" and (not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"data.batch_size={batch_size!r} must be a positive integer or 'full' (the whole training set).")
@@ -50,3 +55,49 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and (not _number(value) or value <= 0):
             raise ConfigError(f"{key}={value!r} must be a positive number.")
+
+
+LIGHTNING_TRAINERS = ("lightning.Trainer", "lightning.pytorch.Trainer", "pytorch_lightning.Trainer")
+
+
+@functools.cache
+def trainer_arguments() -> frozenset[str]:
+    from lightning import Trainer
+
+    return frozenset(inspect.signature(Trainer.__init__).parameters) - {"self"}
+
+
+def check_trainer(trainer: DictConfig | None) -> None:
+    """Every trainer.* key is a ``lightning.Trainer`` argument (a typo names the closest ones), and the step /
+    validation knobs have values Lightning can use."""
+    if not trainer or trainer.get("_target_") not in LIGHTNING_TRAINERS:
+        return
+    valid = trainer_arguments()
+    for key in trainer:
+        if str(key).startswith("_") or key in valid:
+            continue
+        close = difflib.get_close_matches(str(key), valid, n=3)
+        hint = f"did you mean {' / '.join('trainer.' + c for c in close)}? " if close else ""
+        raise ConfigError(f"trainer.{key} is not an argument of lightning.Trainer: {hint}Its arguments are "
+                          f"{', '.join(sorted(valid))}.")
+
+    def bad(key: str, rule: str) -> ConfigError:
+        return ConfigError(f"trainer.{key}={trainer.get(key)!r} {rule}")
+
+    max_steps = trainer.get("max_steps", -1)
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < -1 or max_steps == 0:
+        raise bad("max_steps", "must be a positive number of optimizer steps, or -1 (no step limit).")
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+        raise bad("accumulate_grad_batches", "must be an integer >= 1 (batches per optimizer step).")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (not _number(clip) or clip < 0):
+        raise bad("gradient_clip_val", "must be a number >= 0 (e.g. 1.0), or null for no clipping.")
+    for key, unit in (("val_check_interval", "training batches between validations"),
+                      ("limit_train_batches", "training batches per epoch")):
+        value = trainer.get(key)
+        if value is None:
+            continue
+        if not _number(value) or value <= 0 or (isinstance(value, float) and value > 1):
+            raise bad(key, f"must be a whole number of {unit} (e.g. 500), a fraction of an epoch in (0, 1] "
+                           "(e.g. 0.25), or null.")

@@ -1,4 +1,5 @@
-"""One GPU per job when a sweep runs jobs in parallel on one machine (``hydra/launcher=gpu_pool`` or joblib).
+"""Which precision a run trains in, and one GPU per job when a sweep runs jobs in parallel on one machine
+(``hydra/launcher=gpu_pool`` or joblib).
 
 Parallel jobs of a sweep do not know about each other, so without help every job asks Lightning for "1 GPU"
 and all of them land on GPU 0 while the others idle. Each job instead claims a GPU with an exclusive file
@@ -20,6 +21,44 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 GPUS_ENV = "SFT_GPUS"
+# "1" / "0": treat this CPU as having (not having) fast bf16, whatever /proc/cpuinfo says. Lets the test suite
+# run both precision paths on any machine; also a way out if bf16 is unwanted on an AMX machine.
+CPU_BF16_ENV = "SFT_CPU_BF16"
+
+
+def cpu_supports_bf16() -> bool:
+    """AMX or AVX512-BF16: bf16 matmuls run several times faster than fp32 (measured ~6x with AMX).
+    ``$SFT_CPU_BF16`` (1 / 0) overrides the detection."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip().lower()
+    if forced in ("1", "true", "yes", "on"):
+        return True
+    if forced in ("0", "false", "no", "off"):
+        return False
+    if forced:
+        raise ValueError(f"{CPU_BF16_ENV}={forced!r}: use 1 (force bf16 on CPU) or 0 (force fp32), or unset it.")
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def auto_precision(accelerator: str | None) -> str:
+    """``trainer.precision: null``: bf16 autocast where the GPU or CPU runs it fast, else fp32."""
+    import torch
+
+    if accelerator in (None, "auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    if accelerator in (None, "auto", "cpu") and cpu_supports_bf16():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def evaluation_precision(precision: str) -> str:
+    """The precision of the final validate / test: fp32 after mixed-precision training, because the exported
+    weights are fp32 and every other reader of them (sft.eval, sft.predict, the report, ``pipeline()``) runs fp32.
+    Reported metrics are thus those of the model as users load it, on every machine."""
+    return "32-true" if str(precision).endswith("-mixed") else str(precision)
 
 
 def gpu_count() -> int:

@@ -18,18 +18,27 @@ import json
 import sys
 from pathlib import Path
 
+from sft.data.sources import text_encoding, undecodable
 from sft.errors import DataError, SftError
 
 
-def read_texts(source: str, text_column: str) -> list[str]:
+def read_texts(source: str, text_column: str, encoding: str = "utf-8") -> list[str]:
     if source == "-":
         return [line.rstrip("\n") for line in sys.stdin if line.strip()]
     path = Path(source).expanduser()
     if not path.is_file():
         raise DataError(f"--input {source!r}: no such file.")
+    codec = text_encoding(encoding, "--encoding")
+    try:
+        return _read_texts(path, text_column, codec)
+    except UnicodeError as e:
+        raise undecodable(path, codec, e, "--encoding") from None
+
+
+def _read_texts(path: Path, text_column: str, encoding: str) -> list[str]:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
+        with path.open(encoding=encoding, newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",",
                                     quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL)
             if text_column not in (reader.fieldnames or []):
@@ -37,7 +46,7 @@ def read_texts(source: str, text_column: str) -> list[str]:
             return [row[text_column] for row in reader]
     if suffix in (".jsonl", ".json", ".ndjson"):
         texts = []
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding=encoding) as f:
             for line_no, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -46,7 +55,8 @@ def read_texts(source: str, text_column: str) -> list[str]:
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise DataError(f"{path}:{line_no}: expected a JSON object with key {text_column!r}.") from None
         return texts
-    return [line.rstrip("\n") for line in path.open(encoding="utf-8") if line.strip()]
+    with path.open(encoding=encoding) as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
 
 
 def read_image_paths(source: str) -> list[str]:
@@ -128,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="write here (.csv or .jsonl); default stdout")
     parser.add_argument("--format", choices=["csv", "jsonl"], help="output format (default: from --output, else csv)")
     parser.add_argument("--text-column", default="text")
+    parser.add_argument("--encoding", default="utf-8", help="of the --input file (default utf-8), e.g. latin-1")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--calibrated", action="store_true", help="divide logits by the temperature the report "
@@ -138,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
         temperature = calibration_temperature(args.model) if args.calibrated else 1.0
         model, inputs = load_model(args.model)
-        items = read_image_paths(args.input) if model.modality == "image" else read_texts(args.input, args.text_column)
+        items = read_image_paths(args.input) if model.modality == "image" else read_texts(args.input, args.text_column, args.encoding)
         if not items:
             raise DataError(f"--input {args.input!r}: nothing to predict.")
         rows = predict_with(model, inputs, items, args.max_length, args.batch_size, temperature)

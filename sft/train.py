@@ -33,30 +33,22 @@ def build(node: Any, **kwargs: Any) -> Any:
             raise cause from None
         if isinstance(cause, ModuleNotFoundError | ImportError):
             target = node.get("_target_") if isinstance(node, DictConfig) else node
+            # Named by its own package: `pip install 'sft[...]'` would fetch PyPI's sft, an unrelated project.
+            missing = _missing_package(cause)
             raise ConfigError(
-                f"{target} needs a package that is not installed ({cause}). Install it, e.g. "
-                "`pip install 'sft[wandb]'` / `'sft[mlflow]'` / `tensorboard`."
+                f"{target} needs {missing}, which is not installed ({cause}). Install it with `pip install {missing}`."
             ) from None
         raise
 
 
-def cpu_supports_bf16() -> bool:
-    """AMX or AVX512-BF16: bf16 matmuls run several times faster than fp32 (measured ~6x with AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
+def _missing_package(error: ImportError) -> str:
+    """The package an ImportError is about: its module name, or the requirement Lightning's loggers name."""
+    import re
 
-
-def auto_precision(accelerator: str | None) -> str:
-    import torch
-
-    if accelerator in (None, "auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    if accelerator in (None, "auto", "cpu") and cpu_supports_bf16():
-        return "bf16-mixed"
-    return "32-true"
+    if getattr(error, "name", None):
+        return str(error.name).split(".")[0]
+    found = re.search(r"Requirement '([A-Za-z0-9_.\-]+)", str(error))
+    return found.group(1) if found else "the missing package"
 
 
 def _checkpoint_number(path: Path) -> int:
@@ -131,6 +123,12 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     from sft.devices import launcher_cpus
     from sft.rundir import write_metrics, write_run_info
 
+    if cfg.trainer.get("max_steps", -1) > 0 and cfg.trainer.get("max_epochs") != -1:
+        # As in HF's Trainer, a step budget replaces the epoch budget (else max_epochs=3 could stop it first).
+        log.info("trainer.max_steps=%d bounds the run; trainer.max_epochs=%s is not used.", cfg.trainer.max_steps,
+                 cfg.trainer.get("max_epochs"))
+        with open_dict(cfg):
+            cfg.trainer.max_epochs = -1
     threads = cfg.get("torch_threads") or launcher_cpus()  # submitit jobs side by side: their share of the cores
     if threads:
         torch.set_num_threads(int(threads))
@@ -175,21 +173,23 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         fit_datamodule = FeatureDataModule(cached_features(model, datamodule, device=device), datamodule,
                                            batch_size=cfg.data.batch_size, seed=cfg.seed)
 
+    from lightning.pytorch.callbacks import Checkpoint
+
+    from sft.callbacks import DeferredRequeue, ValidateAtStepLimit, WorkerRanks, ordered_callbacks
+    from sft.devices import auto_precision, evaluation_precision
+
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     precision = cfg.trainer.get("precision") or auto_precision(cfg.trainer.get("accelerator"))
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     # No checkpoint callback configured (callbacks=none) means none: not Lightning's implicit one.
-    checkpointing = {} if any(isinstance(cb, ModelCheckpoint) for cb in callbacks) else {"enable_checkpointing": False}
-    from sft.callbacks import WorkerRanks
-
+    checkpointing = {} if any(isinstance(cb, Checkpoint) for cb in callbacks) else {"enable_checkpointing": False}
     strategy = {}
     if cfg.trainer.get("strategy") == "ddp_fork" and torch.cuda.is_initialized():
         # A forked process cannot use CUDA once the parent initialized it: start the ranks fresh instead.
         log.info("CUDA is already initialized in this process: ddp_spawn instead of ddp_fork.")
         strategy = {"strategy": "ddp_spawn"}
-    trainer = build(cfg.trainer, callbacks=[*callbacks, WorkerRanks()], logger=loggers or False,
+    own = [ValidateAtStepLimit(), DeferredRequeue(), WorkerRanks()]
+    trainer = build(cfg.trainer, callbacks=ordered_callbacks([*callbacks, *own]), logger=loggers or False,
                     precision=precision, default_root_dir=str(output_dir), **checkpointing, **strategy)
     if trainer.world_size > 1:
         _check_global_batch(cfg.data.batch_size, trainer.world_size)
@@ -199,8 +199,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         from sft.loggers import discard_previous_metrics
 
         discard_previous_metrics(loggers)
+    eval_precision = evaluation_precision(trainer.precision)
     if trainer.is_global_zero:
-        write_run_info(output_dir, cfg, precision=str(trainer.precision), accelerator=type(trainer.accelerator).__name__)
+        write_run_info(output_dir, cfg, precision=str(trainer.precision), evaluation_precision=eval_precision,
+                       accelerator=type(trainer.accelerator).__name__)
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
 
@@ -217,17 +219,23 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     best = _best_checkpoint(callbacks, finished)
     if best:
         log.info("Best checkpoint: %s", best)
+    if best:  # the weights that are validated, tested, exported and reported
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    evaluator = trainer
+    if eval_precision != str(trainer.precision):  # a fresh Trainer: the fitted one's precision plugin is fixed
+        log.info("Final validation and test in %s (trained in %s): the precision the exported model is used in.",
+                 eval_precision, trainer.precision)
+        evaluator = build(cfg.trainer, callbacks=[WorkerRanks()], logger=loggers or False, precision=eval_precision,
+                          default_root_dir=str(output_dir), enable_checkpointing=False, **strategy)
     metrics: dict[str, float] = {}
-    metrics.update(_floats(trainer.validate(model, datamodule=fit_datamodule, ckpt_path=best, verbose=False)[0]))
+    metrics.update(_floats(evaluator.validate(model, datamodule=fit_datamodule, verbose=False)[0]))
     if cfg.get("test", True):
-        metrics.update(_floats(trainer.test(model, datamodule=fit_datamodule, ckpt_path=best, verbose=False)[0]))
+        metrics.update(_floats(evaluator.test(model, datamodule=fit_datamodule, verbose=False)[0]))
     metrics.update({"fit/seconds": fit_seconds, "fit/epochs": float(epochs), "fit/global_step": float(steps)})
     metrics.update(parameter_counts(model))
 
     if trainer.is_global_zero:
         if cfg.get("export", True):
-            if best:
-                model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
             model.export(output_dir / "export", datamodule)
         path = write_metrics(output_dir, metrics)  # its presence marks a finished run
         summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val/acc", "test/acc", "test/f1") if k in metrics)

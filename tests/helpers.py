@@ -9,14 +9,36 @@ import lightning as L
 
 
 class KillAtStep(L.Callback):
-    """SIGKILLs its own process after the given optimizer step: a hard crash, no cleanup, no atexit."""
+    """SIGKILLs its own process in ``hook`` once the optimizer step count is ``step`` (``on_train_batch_end`` by
+    default; ``on_train_batch_start`` / ``on_train_epoch_end`` / ``on_train_epoch_start`` / ``on_train_end`` for
+    kills right after a validation, at an epoch's end, between epochs, after fit): a hard crash, no cleanup."""
 
-    def __init__(self, step: int):
-        self.step = step
+    HOOKS = ("on_train_batch_end", "on_train_batch_start", "on_train_epoch_end", "on_train_epoch_start", "on_train_end")
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if trainer.global_step == self.step:
+    def __init__(self, step: int, hook: str = "on_train_batch_end"):
+        if hook not in self.HOOKS:
+            raise ValueError(f"hook={hook!r}: one of {self.HOOKS}")
+        self.step, self.hook = step, hook
+        for name in self.HOOKS:
+            if name == hook:
+                setattr(self, name, self._kill)
+
+    def _kill(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step and not trainer.sanity_checking:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAtStep(L.Callback):
+    """Sends ``signum`` (SIGUSR1: SLURM's "time is almost up") to its own process right before the optimizer step
+    that follows step ``step``: the moment a real signal could land, between backward and the step."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGUSR1)):
+        self.step, self.signum, self.sent = step, signum, False
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
 
 
 class FreezeChecker(L.Callback):

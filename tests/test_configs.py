@@ -241,8 +241,10 @@ def test_logger_options(compose_cfg, option, tmp_path):
     package = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}.get(option)
     nodes = list(cfg.logger.values())
     if package and importlib.util.find_spec(package) is None:
-        with pytest.raises(ConfigError, match="not installed"):
+        with pytest.raises(ConfigError, match="not installed") as error:
             build(nodes[0])
+        # The logger's own package: PyPI's "sft" is an unrelated project, so no `sft[...]` extra.
+        assert f"pip install {package}`" in str(error.value) and "sft[" not in str(error.value)
         return
     loggers = [build(node) for node in nodes]
     assert loggers and all(hasattr(lg, "log_metrics") for lg in loggers)

@@ -194,7 +194,7 @@ def test_malformed_file_error_names_file_and_exact_line(tmp_path, case):
 def test_empty_csv_file_is_a_data_error(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_text("", encoding="utf-8")
-    with pytest.raises(DataError, match=r"empty\.csv: the file is empty"):
+    with pytest.raises(DataError, match=r"empty\.csv: no data rows \(the file is empty\)"):
         read_table(path, "text", "label")
 
 
@@ -591,20 +591,62 @@ def test_resume_at_skips_first_batches_of_that_epoch_only():
     assert list(sampler) == full[1]
 
 
-def test_resume_at_does_not_touch_other_epochs():
+def test_resume_at_for_another_epoch_is_an_error_not_a_silent_skip():
     sampler = TrainBatchSampler(skewed_lengths(100), 10, seed=1)
     sampler.resume_at(2, 4)
     sampler.set_epoch(0)
-    assert list(sampler) == sampler.batches(0)
+    with pytest.raises(RuntimeError, match="epoch 2, batch 4.*resumed at epoch 0"):
+        list(sampler)
 
 
-def test_resume_at_survives_iterating_another_epoch_first():
+def test_resume_applies_to_the_first_epoch_only():
     sampler = TrainBatchSampler(skewed_lengths(100), 10, seed=1)
     sampler.resume_at(2, 4)
-    sampler.set_epoch(0)
-    list(sampler)
     sampler.set_epoch(2)
     assert list(sampler) == sampler.batches(2)[4:]
+    assert list(sampler) == sampler.batches(2)  # iterated again: the whole epoch
+
+
+def test_epoch_fn_decides_the_order_over_set_epoch():
+    epoch = {"now": 3}
+    sampler = TrainBatchSampler(skewed_lengths(100), 10, seed=1, epoch_fn=lambda: epoch["now"])
+    sampler.set_epoch(0)
+    assert list(sampler) == sampler.batches(3) != sampler.batches(0)
+    epoch["now"] = 4
+    assert list(sampler) == sampler.batches(4)
+
+
+def test_lightning_fit_reshuffles_every_epoch(tiny_bert, tmp_path):
+    """Each epoch trains on that epoch's own order (Lightning's set_epoch never reaches a batch sampler
+    without a .sampler attribute, so every epoch used to repeat epoch 0's batches)."""
+    from functools import partial
+
+    import lightning as L
+    import torch
+
+    from sft.data.sources import PackagedSample
+    from sft.data.text import TextDataModule
+    from sft.models.classifier import TextClassifier
+
+    seen: dict[int, list[list[int]]] = {}
+
+    class RecordBatches(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.setdefault(trainer.current_epoch, []).append(batch["input_ids"][:, 1].tolist())
+
+    dm = TextDataModule(PackagedSample(), tokenizer=tiny_bert, batch_size=32, max_length=32, seed=5)
+    dm.prepare_data()
+    model = TextClassifier(tiny_bert, num_labels=2, id2label=dm.id2label, optimizer=partial(torch.optim.AdamW, lr=1e-3))
+    trainer = L.Trainer(max_epochs=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[RecordBatches()],
+                        default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=dm)
+    train = dm.datasets["train"]
+    sampler = TrainBatchSampler(train.lengths(), 32, seed=5)
+    for epoch in (0, 1):
+        expected = [[int(train[i][0][1]) for i in batch] for batch in sampler.batches(epoch)]
+        assert seen[epoch] == expected, f"epoch {epoch} did not train on its own order"
+    assert seen[0] != seen[1]
 
 
 def test_sampler_rejects_zero_batch_size():

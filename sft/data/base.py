@@ -40,11 +40,16 @@ class ClassificationDataModule(L.LightningDataModule):
                            drop_last: bool = False) -> TrainBatchSampler:
         rank, world_size = distributed_rank()  # loaders are built in each DDP process, after the group is up
         sampler = TrainBatchSampler(lengths, batch_size, seed, group_by_length=group_by_length, drop_last=drop_last,
-                                    rank=rank, world_size=world_size)
+                                    rank=rank, world_size=world_size, epoch_fn=self._training_epoch)
         if self._resume_state is not None:
             sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches_done"])
             self._resume_state = None
         return sampler
+
+    def _training_epoch(self) -> int:
+        """The epoch being trained (Lightning's count of processed epochs, restored on resume); 0 without a trainer."""
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
 
     def eval_dataloader(self, split: str) -> Any:
         """The split in its own order (no shuffling), batched for evaluation."""
@@ -63,9 +68,16 @@ class ClassificationDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return {}
-        # `processed` counts the batches of this epoch already stepped on (all of them at epoch end).
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": trainer.fit_loop.epoch_progress.current.processed, "batches_done": progress.processed}
+        epochs = trainer.fit_loop.epoch_progress.current
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # batches of this epoch stepped on
+        if epochs.processed == epochs.started:
+            # Between epochs (at an epoch's end, or as the next one starts): the next epoch has not drawn a batch,
+            # although Lightning's batch counter still holds the finished epoch's count until that epoch begins.
+            return {"epoch": epochs.processed, "batches_done": 0}
+        if done >= trainer.num_training_batches:
+            # After the epoch's last batch (e.g. in the validation that ends it): a resumed run goes on with the next.
+            return {"epoch": epochs.processed + 1, "batches_done": 0}
+        return {"epoch": epochs.processed, "batches_done": done}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -65,9 +65,11 @@ def eval_batches(n: int, batch_size: int, rank: int | None = None, world: int | 
 class TrainBatchSampler:
     """Seeded per-epoch shuffling, optionally length-grouped, that can skip batches already trained on.
 
-    Lightning calls ``set_epoch`` before each epoch. ``resume_at(epoch, batches)`` makes that epoch
-    start after its first ``batches`` batches, so a run resumed from a mid-epoch checkpoint sees
-    exactly the batches an uninterrupted run would.
+    The epoch (which seeds the order) comes from ``epoch_fn`` when given (sft's DataModules pass the trainer's
+    epoch), else from ``set_epoch``. Lightning's own ``set_epoch`` call does not reach a batch sampler without a
+    ``.sampler``, and may come after the first batch of a resumed run is fetched, so sft does not rely on it.
+    ``resume_at(epoch, batches)`` makes that epoch start after its first ``batches`` batches, so a run resumed
+    from a mid-epoch checkpoint sees exactly the batches an uninterrupted run would.
 
     Under DDP ``batch_size`` stays the *global* batch: every rank draws the same batches and trains on its
     slice of each (``rank::world_size``); DDP averages the gradients, so a step equals the single-process step
@@ -75,7 +77,8 @@ class TrainBatchSampler:
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
-                 chunk_batches: int = 50, drop_last: bool = False, rank: int = 0, world_size: int = 1):
+                 chunk_batches: int = 50, drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 epoch_fn: Callable[[], int] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
@@ -89,6 +92,7 @@ class TrainBatchSampler:
         self.chunk_batches = chunk_batches
         self.drop_last = drop_last and len(self.lengths) >= batch_size
         self.epoch = 0
+        self.epoch_fn = epoch_fn
         self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -119,12 +123,16 @@ class TrainBatchSampler:
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self.batches(self.epoch)
+        if self.epoch_fn is not None:
+            self.epoch = self.epoch_fn()
         skip = 0
-        if self._resume is not None and self._resume[0] == self.epoch:
-            skip = self._resume[1]
-            self._resume = None
-        for batch in batches[skip:]:
+        if self._resume is not None:  # only the first epoch after a resume is partly done
+            (epoch, batches_done), self._resume = self._resume, None
+            if epoch != self.epoch:
+                raise RuntimeError(f"The checkpoint is at epoch {epoch}, batch {batches_done}, but training resumed "
+                                   f"at epoch {self.epoch}: the resumed run would not see the same batches.")
+            skip = batches_done
+        for batch in self.batches(self.epoch)[skip:]:
             if self.world_size == 1:
                 yield batch
             else:  # a batch smaller than the world (the last one) repeats its first example on the ranks left over

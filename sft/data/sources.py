@@ -7,6 +7,7 @@ No torch import here, so reading and checking data is fast and usable anywhere.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -153,16 +154,63 @@ def _require_file(path: str | Path, setting: str) -> Path:
     return p
 
 
+def text_encoding(encoding: str, setting: str = "data.encoding") -> str:
+    """The codec to open text files with; UTF-8 tolerates a BOM (Excel's "CSV UTF-8")."""
+    try:
+        name = codecs.lookup(encoding).name
+    except (LookupError, TypeError):
+        raise ConfigError(
+            f"{setting}={encoding!r} is not a text encoding Python knows: use e.g. utf-8, latin-1 or cp1252."
+        ) from None
+    return "utf-8-sig" if name == "utf-8" else name
+
+
+def undecodable(p: Path, encoding: str, error: UnicodeError, setting: str = "data.encoding") -> DataError:
+    """The error for a file that is not ``encoding``: the line (and byte offset) of the first bad byte."""
+    name = "UTF-8" if encoding in ("utf-8", "utf-8-sig") else encoding
+    fix = f"Re-save the file as UTF-8, or set {setting} to the encoding it was saved in (e.g. {setting}=latin-1)."
+    data = p.read_bytes()
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as e:  # e.object: the bytes after a BOM the codec skipped
+        start, bad = len(data) - len(e.object) + e.start, e.object[e.start : e.end]
+    except UnicodeError:
+        start = None
+    else:
+        start = None
+    if start is None:  # no byte to point at (e.g. UTF-16 without a BOM): say what reading the file said
+        return DataError(f"{p}: not valid {name} text ({error}). {fix}")
+    # Lines count newline bytes: exact for encodings that write "\n" as that byte (UTF-8, latin-1, cp1252...);
+    # for others (UTF-16) the byte offset alone.
+    line = data.count(b"\n", 0, start) + 1
+    where = f"{p}:{line}" if "a\n".encode(encoding).endswith(b"a\n") else str(p)
+    return DataError(f"{where}: byte {bad!r} at offset {start} is not valid {name} text. {fix}")
+
+
 def read_table(path: str | Path, text_column: str, label_column: str, setting: str = "data",
-               allowed_labels: Sequence[str] | None = None) -> list[Example]:
+               allowed_labels: Sequence[str] | None = None, encoding: str = "utf-8") -> list[Example]:
     """Read a CSV, TSV or JSONL file of labelled texts; errors name the file and the line."""
+    codec = text_encoding(encoding)
     p = _require_file(path, setting)
     suffix = p.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return _read_jsonl(p, text_column, label_column, allowed_labels)
-    if suffix in (".tsv", ".csv"):
-        return _read_delimited(p, text_column, label_column, "\t" if suffix == ".tsv" else ",", allowed_labels)
-    raise DataError(f"{setting}: {str(p)!r} has suffix {suffix!r}; supported are .csv, .tsv and .jsonl.")
+    try:
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            rows = _read_jsonl(p, text_column, label_column, allowed_labels, codec)
+        elif suffix in (".tsv", ".csv"):
+            delimiter = "\t" if suffix == ".tsv" else ","
+            rows = _read_delimited(p, text_column, label_column, delimiter, allowed_labels, codec)
+        else:
+            raise DataError(f"{setting}: {str(p)!r} has suffix {suffix!r}; supported are .csv, .tsv and .jsonl.")
+    except UnicodeError as e:  # UnicodeDecodeError, or a codec's own check (UTF-16 without a BOM)
+        raise undecodable(p, codec, e) from None
+    if not rows:
+        what = ("the file is empty" if p.stat().st_size == 0
+                else "only blank lines" if suffix not in (".tsv", ".csv") else "only the header row")
+        raise DataError(
+            f"{p}: no data rows ({what}); {setting} needs labelled rows. Add them, or set {setting} to the file "
+            "that holds them."
+        )
+    return rows
 
 
 def _check_row(p: Path, line: int, text: object, label: object, text_column: str, label_column: str,
@@ -179,9 +227,10 @@ def _check_row(p: Path, line: int, text: object, label: object, text_column: str
     return text.strip(), label
 
 
-def _read_jsonl(p: Path, text_column: str, label_column: str, allowed_labels: Sequence[str] | None) -> list[Example]:
+def _read_jsonl(p: Path, text_column: str, label_column: str, allowed_labels: Sequence[str] | None,
+                encoding: str) -> list[Example]:
     rows = []
-    with p.open(encoding="utf-8-sig") as f:  # -sig: tolerate a BOM (Excel's "CSV UTF-8")
+    with p.open(encoding=encoding) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -203,16 +252,16 @@ def _read_jsonl(p: Path, text_column: str, label_column: str, allowed_labels: Se
 
 
 def _read_delimited(p: Path, text_column: str, label_column: str, delimiter: str,
-                    allowed_labels: Sequence[str] | None) -> list[Example]:
+                    allowed_labels: Sequence[str] | None, encoding: str) -> list[Example]:
     rows = []
     # TSV files (GLUE included) are not CSV-quoted: quotes are part of the text.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with p.open(encoding="utf-8-sig", newline="") as f:
+    with p.open(encoding=encoding, newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         try:
             header = next(reader)
         except StopIteration:
-            raise DataError(f"{p}: the file is empty; it needs a header row and data rows.") from None
+            return []  # an empty file: no data rows
         header = [h.strip() for h in header]
         for col in (text_column, label_column):
             if col not in header:
@@ -256,13 +305,15 @@ class Glue:
     train (stratified, fixed seed) for validation and checkpoint selection.
     """
 
-    def __init__(self, task: str = "sst2", path: str | None = None, val_size: float | int = 872, split_seed: int = 0):
+    def __init__(self, task: str = "sst2", path: str | None = None, val_size: float | int = 872, split_seed: int = 0,
+                 encoding: str = "utf-8"):
         if task not in GLUE_SINGLE_SENTENCE:
             raise ConfigError(
                 f"data.task={task!r} is not supported; choose one of {sorted(GLUE_SINGLE_SENTENCE)} "
                 "(sentence-pair tasks: use data=text_file)."
             )
         self.task, self.path, self.val_size, self.split_seed = task, path, val_size, split_seed
+        self.encoding = encoding
 
     def load(self, seed: int = 0) -> TextSplits:
         column, names = GLUE_SINGLE_SENTENCE[self.task]
@@ -278,7 +329,8 @@ class Glue:
             files = {s: _require_file(folder / f"{s}.tsv", f"data.path ({s}.tsv)") for s in ("train", "dev")}
             ids = [str(i) for i in range(len(names))]
             train, dev = ([(text, names[int(label)]) for text, label in
-                           read_table(files[s], column, "label", f"data.path ({s}.tsv)", allowed_labels=ids)]
+                           read_table(files[s], column, "label", f"data.path ({s}.tsv)", allowed_labels=ids,
+                                      encoding=self.encoding)]
                           for s in ("train", "dev"))
             origin = {"train": str(files["train"]), "val": f"{files['train']} (carved)", "test": str(files["dev"])}
         # Fixed split seed (not the run seed): every run validates on the same rows.
@@ -324,19 +376,22 @@ class TextFiles:
         val_size: float | int = 0.1,
         test_size: float | int = 0.1,
         split_seed: int = 0,
+        encoding: str = "utf-8",
     ):
         self.files = {"train": train, "val": val, "test": test}
         self.text_column, self.label_column = text_column, label_column
         self.label_names = [str(n) for n in label_names] if label_names else None
         self.sizes = {"val": val_size, "test": test_size}
         self.split_seed = split_seed
+        self.encoding = encoding
 
     def load(self, seed: int = 0) -> TextSplits:
         splits: dict[str, list[Example]] = {}
         origin: dict[str, str] = {}
         for name, path in self.files.items():
             if path is not None:
-                splits[name] = read_table(path, self.text_column, self.label_column, setting=f"data.{name}")
+                splits[name] = read_table(path, self.text_column, self.label_column, setting=f"data.{name}",
+                                          encoding=self.encoding)
                 origin[name] = str(path)
         train = splits["train"]
         total = len(train)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from sft.data.sources import SPLITS, TextSplits, subsample
 from sft.errors import ConfigError
 
 CACHE_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -92,7 +94,8 @@ class TextDataModule(ClassificationDataModule):
         self._tokenizer = tokenizer
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.max_length = max_length
+        self.requested_max_length = max_length
+        self._max_length: int | None = None  # max_length within the model's limit, set on first use
         self.train_size = train_size
         self.shots_per_class = shots_per_class
         self.group_by_length = group_by_length
@@ -103,6 +106,21 @@ class TextDataModule(ClassificationDataModule):
         self.splits: TextSplits | None = None
         self.datasets: dict[str, TokenizedSplit] = {}
         self.cache_file: Path | None = None
+
+    @property
+    def max_length(self) -> int:
+        """data.max_length, clamped (with a warning) to the longest input the model takes."""
+        if self._max_length is None:
+            from sft.models.backbones import input_limit
+
+            self._max_length = self.requested_max_length
+            limit = input_limit(self.tokenizer)
+            if limit is not None and limit[0] < self.requested_max_length:
+                self._max_length = limit[0]
+                log.warning("data.max_length=%d is longer than the model takes (%s): using data.max_length=%d. "
+                            "Set data.max_length<=%d to silence this.", self.requested_max_length, limit[1],
+                            limit[0], limit[0])
+        return self._max_length
 
     # ------------------------------------------------------------------ label space
     @property
@@ -209,18 +227,20 @@ def sample(**loader: Any) -> TextDataModule:
     return TextDataModule(PackagedSample(), **loader)
 
 
-def glue(task: str = "sst2", path: str | None = None, val_size: float | int = 872, **loader: Any) -> TextDataModule:
+def glue(task: str = "sst2", path: str | None = None, val_size: float | int = 872, encoding: str = "utf-8",
+         **loader: Any) -> TextDataModule:
     """A GLUE single-sentence task from a local folder (``path``) or the HF hub."""
     from sft.data.sources import Glue
 
-    return TextDataModule(Glue(task, path, val_size), **loader)
+    return TextDataModule(Glue(task, path, val_size, encoding=encoding), **loader)
 
 
 def text_file(train: str, val: str | None = None, test: str | None = None, text_column: str = "text",
               label_column: str = "label", label_names: list[str] | None = None, val_size: float | int = 0.1,
-              test_size: float | int = 0.1, **loader: Any) -> TextDataModule:
+              test_size: float | int = 0.1, encoding: str = "utf-8", **loader: Any) -> TextDataModule:
     """Local CSV / TSV / JSONL files."""
     from sft.data.sources import TextFiles
 
-    source = TextFiles(train, val, test, text_column, label_column, label_names, val_size, test_size)
+    source = TextFiles(train, val, test, text_column, label_column, label_names, val_size, test_size,
+                       encoding=encoding)
     return TextDataModule(source, **loader)

@@ -58,6 +58,36 @@ def load_tokenizer(name_or_path: str) -> Any:
         raise _hub_error(name_or_path, e) from None
 
 
+# Position ids of these models start after the padding index: pad_token_id + 1 positions are never inputs.
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")
+NO_LIMIT = 1_000_000  # tokenizers without a known limit report model_max_length = 1e30
+
+
+def input_limit(tokenizer: Any) -> tuple[int, str] | None:
+    """The longest input (in tokens) the model behind ``tokenizer`` takes, and where that limit is written:
+    the smaller of the model's ``max_position_embeddings`` (the config.json where the tokenizer came from)
+    and the tokenizer's ``model_max_length``. ``None`` when neither says."""
+    from transformers import AutoConfig
+
+    limits = []
+    source = getattr(tokenizer, "name_or_path", None)
+    try:
+        config = AutoConfig.from_pretrained(source) if source else None
+    except (OSError, ValueError, KeyError):  # a tokenizer-only folder, an unknown architecture: the tokenizer says
+        config = None
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        if config.model_type in OFFSET_POSITIONS and isinstance(config.pad_token_id, int):
+            limits.append((positions - config.pad_token_id - 1, f"{source} has max_position_embeddings={positions} "
+                           f"less {config.pad_token_id + 1} reserved"))
+        else:
+            limits.append((positions, f"{source} has max_position_embeddings={positions}"))
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and 0 < model_max < NO_LIMIT:
+        limits.append((model_max, f"its tokenizer has model_max_length={model_max}"))
+    return min(limits, key=lambda limit: limit[0]) if limits else None
+
+
 def load_sequence_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str], config_dict: dict | None = None) -> Any:
     """A HF sequence-classification model with a fresh head sized to the label space.
 

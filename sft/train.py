@@ -219,18 +219,22 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     best = _best_checkpoint(callbacks, finished)
     if best:
         log.info("Best checkpoint: %s", best)
-    if best:  # the weights that are validated, tested, exported and reported
-        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    # Named explicitly: with ckpt_path=None under SLURM, Lightning would evaluate its hpc_ckpt instead.
+    evaluated = best or _last_checkpoint(callbacks)
+    if evaluated:  # the weights that are validated, tested, exported and reported
+        model.load_state_dict(torch.load(evaluated, map_location="cpu", weights_only=True)["state_dict"])
     evaluator = trainer
     if eval_precision != str(trainer.precision):  # a fresh Trainer: the fitted one's precision plugin is fixed
         log.info("Final validation and test in %s (trained in %s): the precision the exported model is used in.",
                  eval_precision, trainer.precision)
         evaluator = build(cfg.trainer, callbacks=[WorkerRanks()], logger=loggers or False, precision=eval_precision,
                           default_root_dir=str(output_dir), enable_checkpointing=False, **strategy)
+        # It evaluates a checkpoint written with callbacks it does not have, which Lightning warns about.
+        warnings.filterwarnings("ignore", message=r".*callbacks used to create the checkpoint need to be provided.*")
     metrics: dict[str, float] = {}
-    metrics.update(_floats(evaluator.validate(model, datamodule=fit_datamodule, verbose=False)[0]))
+    metrics.update(_floats(evaluator.validate(model, datamodule=fit_datamodule, ckpt_path=evaluated, verbose=False)[0]))
     if cfg.get("test", True):
-        metrics.update(_floats(evaluator.test(model, datamodule=fit_datamodule, verbose=False)[0]))
+        metrics.update(_floats(evaluator.test(model, datamodule=fit_datamodule, ckpt_path=evaluated, verbose=False)[0]))
     metrics.update({"fit/seconds": fit_seconds, "fit/epochs": float(epochs), "fit/global_step": float(steps)})
     metrics.update(parameter_counts(model))
 
@@ -310,6 +314,13 @@ def _finished_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:
 
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     return checkpoint if checkpoint.get(FIT_FINISHED_KEY) else None
+
+
+def _last_checkpoint(callbacks: list[Any]) -> str | None:
+    """last.ckpt of the LastCheckpoint callback, if one wrote it (at train end it holds the final weights)."""
+    from sft.callbacks import LastCheckpoint
+
+    return next((str(cb.path) for cb in callbacks if isinstance(cb, LastCheckpoint) and cb.path.is_file()), None)
 
 
 def _best_checkpoint(callbacks: list[Any], finished: dict[str, Any] | None = None) -> str | None:

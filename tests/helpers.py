@@ -10,10 +10,10 @@ import lightning as L
 
 class KillAtStep(L.Callback):
     """SIGKILLs its own process in ``hook`` once the optimizer step count is ``step`` (``on_train_batch_end`` by
-    default; ``on_train_batch_start`` / ``on_train_epoch_end`` / ``on_train_epoch_start`` / ``on_train_end`` for
-    kills right after a validation, at an epoch's end, between epochs, after fit): a hard crash, no cleanup."""
+    default; ``on_train_batch_start`` / ``on_train_epoch_end`` / ``on_train_epoch_start`` / ``teardown`` for kills
+    right after a validation, at an epoch's end, between epochs, after fit): a hard crash, no cleanup."""
 
-    HOOKS = ("on_train_batch_end", "on_train_batch_start", "on_train_epoch_end", "on_train_epoch_start", "on_train_end")
+    HOOKS = ("on_train_batch_end", "on_train_batch_start", "on_train_epoch_end", "on_train_epoch_start", "teardown")
 
     def __init__(self, step: int, hook: str = "on_train_batch_end"):
         if hook not in self.HOOKS:
@@ -23,7 +23,7 @@ class KillAtStep(L.Callback):
             if name == hook:
                 setattr(self, name, self._kill)
 
-    def _kill(self, trainer: L.Trainer, *args: object) -> None:
+    def _kill(self, trainer: L.Trainer, *args: object, **kwargs: object) -> None:
         if trainer.global_step == self.step and not trainer.sanity_checking:
             os.kill(os.getpid(), signal.SIGKILL)
 

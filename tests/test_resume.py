@@ -1,4 +1,11 @@
-"""Resume: a run killed with SIGKILL mid-epoch and resumed ends exactly like an uninterrupted run."""
+"""Resume: a run killed with SIGKILL at any point and run again ends exactly like an uninterrupted run.
+
+Every run here uses the shipped callbacks (conf/callbacks/default.yaml: ModelCheckpoint, last.ckpt every 50
+steps and after every validation, EarlyStopping, LR monitor), the default learning rate and the machine's own
+precision choice. The tiny BERT on the packaged sample takes 15 steps per epoch; early stopping (patience 3)
+ends it after 4 of its 6 epochs, so a resumed run that lost the early-stopping state trains on, and one that
+lost the data position trains on other batches: both show in the final weights and step count.
+"""
 
 from __future__ import annotations
 
@@ -10,52 +17,105 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sft.errors import ConfigError
 from sft.train import train
 from tests.conftest import REPO
 
+SLURM = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "sft-test", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+         "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
 
-def run_cli(args: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+
+def run_cli(args: list[str], cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2", **(env or {})}
     return subprocess.run([sys.executable, "-m", "sft.run", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
 
-def common(tiny_bert: str, run_dir: Path) -> list[str]:
-    # 480 sample rows / batch 32 = 15 steps per epoch; last.ckpt every 4 steps; 2 epochs.
-    return [f"model.name_or_path={tiny_bert}", f"hydra.run.dir={run_dir}", "trainer.max_epochs=2",
-            "optimizer.lr=1e-3", "seed=3", "callbacks.last_checkpoint.every_n_train_steps=4",
-            "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", "export=false"]
+def common(tiny_bert: str, run_dir: Path, *extra: str) -> list[str]:
+    return [f"model.name_or_path={tiny_bert}", f"hydra.run.dir={run_dir}", "trainer.max_epochs=6", "seed=3",
+            "report=none", "export=false", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", *extra]
+
+
+def kill_at(step: int, hook: str = "on_train_batch_end") -> list[str]:
+    return ["+callbacks.killer._target_=tests.helpers.KillAtStep", f"+callbacks.killer.step={step}",
+            f"+callbacks.killer.hook={hook}"]
+
+
+def outcome(run_dir: Path) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    weights = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    return metrics, weights
+
+
+def assert_same_run(got: tuple, expected: tuple) -> None:
+    (metrics, weights), (ref_metrics, ref_weights) = got, expected
+    for key in ("fit/global_step", "fit/epochs", "val/acc", "val/loss", "test/acc", "test/loss", "test/f1"):
+        assert metrics[key] == pytest.approx(ref_metrics[key], abs=1e-5), key
+    # The final weights: every step after the resume trained on the same batch, lr and dropout masks.
+    assert weights.keys() == ref_weights.keys()
+    worst = max((weights[k].float() - ref_weights[k].float()).abs().max().item() for k in weights)
+    assert worst < 1e-5, f"final weights differ by {worst}"
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_bert, tmp_path_factory) -> dict:
-    run_dir = tmp_path_factory.mktemp("uninterrupted")
-    reference = run_cli(common(tiny_bert, run_dir))
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    return json.loads((run_dir / "metrics.json").read_text())
+def uninterrupted(tiny_bert, tmp_path_factory) -> dict[str, tuple]:
+    runs = {}
+    for name, extra in (("epochs", []), ("val_every_5", ["trainer.val_check_interval=5"])):
+        run_dir = tmp_path_factory.mktemp(f"uninterrupted_{name}")
+        reference = run_cli(common(tiny_bert, run_dir, *extra))
+        assert reference.returncode == 0, reference.stderr[-3000:]
+        runs[name] = outcome(run_dir)
+    assert runs["epochs"][0]["fit/global_step"] < 6 * 15, "early stopping should end the reference early"
+    return runs
 
 
-@pytest.mark.parametrize("kill_step", [10, 22])  # mid-epoch 1 (after the step-8 save) and mid-epoch 2
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_bert, tmp_path, kill_step, uninterrupted):
-    expected = uninterrupted
+# (reference, extra overrides, kill) -> the checkpoint the resumed run starts from.
+KILLS = {
+    "mid-epoch (step-50 save)": ("epochs", [], kill_at(52)),
+    "right after a validation": ("epochs", [], kill_at(15, "on_train_batch_start")),
+    "at the end of an epoch": ("epochs", [], kill_at(15, "on_train_epoch_end")),
+    "between epochs": ("epochs", [], kill_at(15, "on_train_epoch_start")),
+    "after a mid-epoch validation": ("val_every_5", ["trainer.val_check_interval=5"], kill_at(10, "on_train_batch_start")),
+    "after fit, before test": ("epochs", [], kill_at(60, "teardown")),
+}
 
+
+@pytest.mark.parametrize("point", list(KILLS))
+def test_sigkill_then_resume_matches_uninterrupted(tiny_bert, tmp_path, point, uninterrupted):
+    reference, extra, kill = KILLS[point]
     run_dir = tmp_path / "killed"
-    killed = run_cli([*common(tiny_bert, run_dir), "+callbacks.killer._target_=tests.helpers.KillAtStep",
-                      f"+callbacks.killer.step={kill_step}"])
+    killed = run_cli(common(tiny_bert, run_dir, *extra, *kill))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert not (run_dir / "metrics.json").exists()
 
-    resumed = run_cli(common(tiny_bert, run_dir))  # resume=auto finds last.ckpt
+    resumed = run_cli(common(tiny_bert, run_dir, *extra))  # resume=auto finds last.ckpt
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stdout + resumed.stderr
-    got = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("val/acc", "val/loss", "test/acc", "test/loss", "test/f1", "fit/global_step", "fit/epochs"):
-        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+    assert_same_run(outcome(run_dir), uninterrupted[reference])
     starts = json.loads((run_dir / "run.json").read_text())["starts"]
     assert len(starts) == 2, "run.json keeps a record of both starts"
+
+
+def test_slurm_requeue_checkpoint_resumes_exactly(tiny_bert, tmp_path, uninterrupted):
+    """SLURM's USR1 ("time is almost up") lands between backward and the optimizer step; Lightning's requeue handler
+    saves hpc_ckpt_1.ckpt (at the next batch boundary, sft's doing) and the job is killed later. The requeued job
+    resumes from that checkpoint, which is newer than last.ckpt, and ends like an uninterrupted run."""
+    run_dir = tmp_path / "requeued"
+    signal_at = ["+callbacks.usr1._target_=tests.helpers.SignalAtStep", "+callbacks.usr1.step=18"]
+    killed = run_cli(common(tiny_bert, run_dir, *signal_at, *kill_at(22)), env=SLURM)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert "Handling auto-requeue signal" in killed.stdout + killed.stderr
+    hpc = run_dir / "hpc_ckpt_1.ckpt"
+    assert hpc.is_file()
+    assert torch.load(hpc, map_location="cpu", weights_only=True)["global_step"] == 19, "saved at a batch boundary"
+
+    resumed = run_cli(common(tiny_bert, run_dir), env=SLURM)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from {hpc}" in resumed.stdout + resumed.stderr
+    assert_same_run(outcome(run_dir), uninterrupted["epochs"])
 
 
 def test_resume_true_without_checkpoint_is_a_clear_error(tiny_cfg, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -98,6 +99,20 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 img.save(folder / f"{i}.png")
     Image.new("L", (48, 48), 128).save(root / "train" / "red" / "gray.png")
     return root
+
+
+# Both precision paths on any machine: bf16 detection forced on (bf16-mixed autocast, as on AMX / AVX512-BF16
+# CPUs; emulated and slower on AVX2-only ones) and forced off (fp32). One of the two is the machine's own.
+CPU_BF16 = {"bf16": "1", "fp32": "0"}
+CPU_PRECISION = {"bf16": "bf16-mixed", "fp32": "32-true"}
+
+
+@contextlib.contextmanager
+def cpu_bf16(kind: str):
+    """Runs the body with sft's CPU bf16 detection forced to ``kind`` ("bf16" or "fp32")."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SFT_CPU_BF16", CPU_BF16[kind])
+        yield
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

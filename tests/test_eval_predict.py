@@ -15,14 +15,25 @@ from sft.predict import predict_rows
 from sft.train import train
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_bert, compose_cfg):
-    from tests.conftest import FAST
+@pytest.fixture(scope="module", params=["bf16", "fp32"])
+def run_dir(request, tmp_path_factory, tiny_bert, compose_cfg):
+    """A finished run trained on each precision path (bf16 detection forced on and off)."""
+    from tests.conftest import FAST, cpu_bf16
 
-    out = tmp_path_factory.mktemp("evalrun") / "run"
-    train(compose_cfg(f"model.name_or_path={tiny_bert}", f"output_dir={out}", *FAST, "trainer.max_epochs=2",
-                      "optimizer.lr=2e-3"))
+    out = tmp_path_factory.mktemp(f"evalrun-{request.param}-") / "run"
+    with cpu_bf16(request.param):
+        train(compose_cfg(f"model.name_or_path={tiny_bert}", f"output_dir={out}", *FAST, "trainer.max_epochs=2",
+                          "optimizer.lr=2e-3"))
     return out
+
+
+def test_run_trained_in_its_precision_and_evaluated_in_fp32(run_dir):
+    from tests.conftest import CPU_PRECISION
+
+    info = json.loads((run_dir / "run.json").read_text())
+    kind = run_dir.parent.name.split("-")[1]
+    assert info["precision"] == CPU_PRECISION[kind]
+    assert info["evaluation_precision"] == "32-true", "reported metrics are those of the fp32 export"
 
 
 @pytest.mark.parametrize("which", ["run", "export", "ckpt"])
@@ -36,6 +47,20 @@ def test_eval_matches_the_runs_own_test_metrics(run_dir, which):
         metrics = evaluate(target, "test")
     for key in ("test/acc", "test/f1", "test/loss"):
         assert metrics[key] == pytest.approx(saved[key], abs=1e-5), key
+
+
+def test_pipeline_on_the_export_reproduces_the_test_accuracy(run_dir):
+    """transformers.pipeline, with no sft involved, gets the accuracy metrics.json reports."""
+    from transformers import pipeline
+
+    from sft.data.sources import PackagedSample
+
+    rows = PackagedSample().load().test
+    classify = pipeline("text-classification", model=str(run_dir / "export"), device="cpu")
+    predicted = [p["label"] for p in classify([text for text, _ in rows], batch_size=32)]
+    accuracy = sum(p == label for p, (_, label) in zip(predicted, rows, strict=True)) / len(rows)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert accuracy == pytest.approx(saved["test/acc"], abs=1e-6)
 
 
 def test_eval_other_split_and_output_file(run_dir, tmp_path, capsys):

@@ -18,15 +18,21 @@ from sft.predict import main as predict_main
 from tests.conftest import FAST
 
 
-@pytest.fixture(scope="module")
-def image_run(compose_cfg, image_root, tmp_path_factory) -> tuple[Path, dict[str, float]]:
+@pytest.fixture(scope="module", params=["bf16", "fp32"])
+def image_run(request, compose_cfg, image_root, tmp_path_factory) -> tuple[Path, dict[str, float]]:
+    """A finished image run on each precision path (bf16 detection forced on and off)."""
     from sft.train import train
+    from tests.conftest import CPU_PRECISION, cpu_bf16
 
-    out = tmp_path_factory.mktemp("image_run") / "run"
+    out = tmp_path_factory.mktemp(f"image_run_{request.param}") / "run"
     cfg = compose_cfg("model=resnet18", "model.weights=none", "data=imagefolder", f"data.path={image_root}",
                       "data.batch_size=8", "data.image_size=32", f"output_dir={out}", *FAST,
                       "trainer.max_epochs=3", "optimizer.lr=1e-3")
-    return out, train(cfg)
+    with cpu_bf16(request.param):
+        metrics = train(cfg)
+    info = json.loads((out / "run.json").read_text())
+    assert (info["precision"], info["evaluation_precision"]) == (CPU_PRECISION[request.param], "32-true")
+    return out, metrics
 
 
 def test_eval_reproduces_the_runs_test_metrics(image_run):

@@ -145,3 +145,57 @@ def test_callbacks_none_writes_no_checkpoint(compose_cfg, tiny_bert, tmp_path):
                                 "callbacks=none", "data.train_size=64", "export=false"))
     assert "test/acc" in metrics
     assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
+# --------------------------------------------------------------------------- step-bounded runs, trainer knobs
+
+
+def _validations(run_dir: Path) -> list[tuple[int, int]]:
+    """(epoch, step) of every validation logged in metrics.csv (the final evaluation included)."""
+    import csv
+
+    rows = csv.DictReader((run_dir / "logs" / "metrics.csv").open())
+    return [(int(r["epoch"]), int(r["step"])) for r in rows if r.get("val/acc")]
+
+
+def test_max_steps_inside_an_epoch_validates_tests_and_exports(tiny_cfg, tmp_path):
+    """A step budget shorter than an epoch (15 steps here) with the shipped callbacks: the last step is
+    validated, becomes the best checkpoint, and is tested and exported."""
+    metrics = train(tiny_cfg("trainer.max_steps=7"))
+    out = tmp_path / "run"
+    assert metrics["fit/global_step"] == 7 and "val/acc" in metrics and "test/acc" in metrics
+    assert [p.name for p in (out / "checkpoints").glob("best-*.ckpt")] == ["best-0-7.ckpt"]
+    assert (out / "export" / "model.safetensors").is_file()
+
+
+def test_max_steps_replaces_the_epoch_budget_and_validates_its_last_step(tiny_cfg, tmp_path):
+    # 20 steps span 1.3 epochs, although trainer.max_epochs=1: the step budget wins, as in HF's Trainer.
+    metrics = train(tiny_cfg("trainer.max_steps=20", "trainer.max_epochs=1", "export=false"))
+    assert metrics["fit/global_step"] == 20
+    ckpt = __import__("torch").load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    validated = {state.get("current_score") is not None for key, state in ckpt["callbacks"].items()
+                 if key.startswith("ModelCheckpoint")}
+    assert validated == {True}
+    assert {(0, 14), (1, 19)} <= set(_validations(tmp_path / "run")), "validated at the epoch's end and the last step"
+
+
+def test_common_trainer_knobs_need_no_plus(tiny_cfg):
+    metrics = train(tiny_cfg("trainer.accumulate_grad_batches=3", "trainer.gradient_clip_val=1.0",
+                             "trainer.limit_train_batches=6", "trainer.val_check_interval=3", "export=false"))
+    assert metrics["fit/global_step"] == 2  # 6 batches, 3 per optimizer step
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+trainer.max_stepz=5", r"trainer.max_stepz is not an argument of lightning.Trainer: did you mean trainer.max_steps"),
+    ("trainer.max_steps=0", r"trainer.max_steps=0 must be a positive number of optimizer steps, or -1"),
+    ("trainer.val_check_interval=1.5", r"trainer.val_check_interval=1.5 must be a whole number .* fraction"),
+    ("trainer.limit_train_batches=-2", r"trainer.limit_train_batches=-2 must be"),
+    ("trainer.accumulate_grad_batches=0", r"trainer.accumulate_grad_batches=0 must be an integer >= 1"),
+    ("trainer.gradient_clip_val=-1", r"trainer.gradient_clip_val=-1 must be a number >= 0"),
+])
+def test_bad_trainer_settings_fail_before_anything_runs(tiny_cfg, tmp_path, override, message):
+    from sft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        train(tiny_cfg(override))
+    assert not (tmp_path / "run").exists(), "nothing is written before the config is checked"

@@ -262,7 +262,8 @@ class Classifier(L.LightningModule):
             raise ConfigError("The classifier was built without an optimizer; pass optimizer=partial(torch.optim.AdamW, lr=...).")
         if not self._groups:
             self._build_groups()
-        optimizer = build_optimizer(self.optimizer_factory, self._groups, self.device, self.freeze_spec)
+        optimizer = build_optimizer(self.optimizer_factory, self._groups, self.device, self.freeze_spec,
+                                    clips_gradients=bool(self.trainer.gradient_clip_val))
         scheduler = build_scheduler(self.scheduler_factory, optimizer, self.trainer.estimated_stepping_batches, self.monitor)
         if scheduler is None:
             return optimizer

@@ -39,6 +39,17 @@ OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
 OmegaConf.register_new_resolver("metric_direction", lambda m: metric_mode(m) + "imize", replace=True)
 
 
+# Learning rate of a linear probe (freeze=backbone: only a new head trains), per optimizer.
+PROBE_LR = {"torch.optim.AdamW": 1e-3, "torch.optim.Adam": 1e-3, "torch.optim.SGD": 1e-2}
+
+
+def probe_lr(optimizer_target: str) -> float:
+    return PROBE_LR.get(str(optimizer_target), 1e-3)
+
+
+OmegaConf.register_new_resolver("probe_lr", probe_lr, replace=True)
+
+
 def _gpu_count() -> int:
     from sft.devices import gpu_count
 

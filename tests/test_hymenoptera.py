@@ -23,8 +23,14 @@ def run(compose_cfg, tmp_path, *overrides: str) -> dict[str, float]:
 
 @pytest.mark.slow  # ~100 s on 2 cores: keeps `make test` under its 15-minute budget
 @needs_hymenoptera
-def test_linear_probe_reaches_090(compose_cfg, tmp_path):
-    metrics = run(compose_cfg, tmp_path, "freeze=backbone", "optimizer.lr=1e-3", "trainer.max_epochs=3")
+def test_linear_probe_with_the_defaults_reaches_090(compose_cfg, tmp_path):
+    """The user's command, nothing tuned: `model=efficientnet_lite0 data=imagefolder data.path=... freeze=backbone
+    trainer.max_epochs=2` (the fine-tuning lr 5e-5 used to leave it at 0.536)."""
+    from sft.train import train
+
+    cfg = compose_cfg("model=efficientnet_lite0", "data=imagefolder", f"data.path={HYMENOPTERA}", "freeze=backbone",
+                      f"output_dir={tmp_path / 'run'}", *FAST, "trainer.max_epochs=2")
+    metrics = train(cfg)
     assert metrics["val/acc"] >= 0.90, metrics
 
 

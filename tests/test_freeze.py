@@ -183,8 +183,9 @@ def gradual_reference(tiny_bert, tmp_path_factory):
     from tests.test_resume import common, run_cli
 
     run_dir = tmp_path_factory.mktemp("gradual_ref")
-    args = [*common(tiny_bert, run_dir), "freeze=gradual", "freeze.milestones=[1,2]", "trainer.max_epochs=3",
-            "freeze.lr_decay=0.8"]
+    # last.ckpt every 4 steps: the kill at step 22 resumes mid epoch 1, with block1 already unfrozen.
+    args = [*common(tiny_bert, run_dir, max_epochs=3), "freeze=gradual", "freeze.milestones=[1,2]",
+            "freeze.lr_decay=0.8", "optimizer.lr=1e-3", "callbacks.last_checkpoint.every_n_train_steps=4"]
     done = run_cli(args)
     assert done.returncode == 0, done.stderr[-3000:]
     return args, run_dir

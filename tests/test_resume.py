@@ -33,9 +33,10 @@ def run_cli(args: list[str], cwd: Path = REPO, env: dict[str, str] | None = None
                           text=True, timeout=600)
 
 
-def common(tiny_bert: str, run_dir: Path, *extra: str) -> list[str]:
-    return [f"model.name_or_path={tiny_bert}", f"hydra.run.dir={run_dir}", "trainer.max_epochs=6", "seed=3",
-            "report=none", "export=false", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", *extra]
+def common(tiny_bert: str, run_dir: Path, *extra: str, max_epochs: int = 6) -> list[str]:
+    return [f"model.name_or_path={tiny_bert}", f"hydra.run.dir={run_dir}", f"trainer.max_epochs={max_epochs}",
+            "seed=3", "report=none", "export=false", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false",
+            *extra]
 
 
 def kill_at(step: int, hook: str = "on_train_batch_end") -> list[str]:

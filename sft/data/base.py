@@ -47,9 +47,12 @@ class ClassificationDataModule(L.LightningDataModule):
         return sampler
 
     def _training_epoch(self) -> int:
-        """The epoch being trained (Lightning's count of processed epochs, restored on resume); 0 without a trainer."""
+        """The epoch being trained (Lightning's count of processed epochs, restored on resume); 0 without a trainer,
+        and 0 throughout ``overfit_batches`` (the same few batches every epoch: that is the point of it)."""
         trainer = self.trainer
-        return trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
+        if trainer is None or trainer.overfit_batches:
+            return 0
+        return trainer.fit_loop.epoch_progress.current.processed
 
     def eval_dataloader(self, split: str) -> Any:
         """The split in its own order (no shuffling), batched for evaluation."""

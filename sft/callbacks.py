@@ -45,7 +45,10 @@ class LastCheckpoint(Checkpoint):
         self._saved_at_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
+        # Not when a validation follows this batch: Lightning resumes such a checkpoint past that validation, so
+        # it would never run; the save after the validation comes moments later.
+        if (self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0
+                and not validation_follows(trainer)):
             self._save(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -60,9 +63,38 @@ class LastCheckpoint(Checkpoint):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[FIT_FINISHED_KEY] = self._fit_finished
+        # EarlyStopping's (or a step limit's) decision to stop, taken in the validation before this save: Lightning
+        # keeps it only in memory, and a run resumed without it would train on.
+        checkpoint[SHOULD_STOP_KEY] = bool(trainer.should_stop)
+        checkpoint[EPOCHS_KEY] = epochs_trained(trainer)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if checkpoint.get(SHOULD_STOP_KEY):
+            trainer.should_stop = True
 
 
 FIT_FINISHED_KEY = "sft_fit_finished"
+SHOULD_STOP_KEY = "sft_should_stop"
+EPOCHS_KEY = "sft_epochs_trained"
+
+
+def epochs_trained(trainer: L.Trainer) -> int:
+    """Epochs whose batches have all been trained on. Lightning's ``current_epoch`` misses the last one when a
+    resumed run stops at once (early stopping had decided just before the kill) or restarts at an epoch's end."""
+    epochs = trainer.fit_loop.epoch_progress.current
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    finished_one_more = epochs.started > epochs.processed and done >= trainer.num_training_batches
+    return epochs.processed + int(finished_one_more)
+
+
+def validation_follows(trainer: L.Trainer) -> bool:
+    """Whether the fit loop validates right after the current training batch (epoch end, val_check_interval,
+    or a requested stop). Asked in ``on_train_batch_end``; Lightning's own test, so it cannot disagree."""
+    loop = trainer.fit_loop
+    try:
+        return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+    except AttributeError:  # a Lightning version without this private test: assume not
+        return False
 
 
 def ordered_callbacks(callbacks: list[L.Callback]) -> list[L.Callback]:
@@ -89,11 +121,14 @@ class DeferredRequeue(L.Callback):
 
     The signal can land anywhere, e.g. between the optimizer step and the step counter's increment, and a
     checkpoint saved there resumes inexactly. The handler itself is Lightning's; only its timing changes.
+    A signal that arrives after the fit's last training batch is not acted on: the job is finishing anyway.
     """
 
     def __init__(self) -> None:
         self._handler = None
+        self._signum: int | None = None
         self._pending: int | None = None
+        self._last_step = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import signal
@@ -106,7 +141,7 @@ class DeferredRequeue(L.Callback):
         handler = signal.getsignal(requeue)
         if not callable(handler):  # Lightning installed none: auto-requeue off, or not under SLURM
             return
-        self._handler = handler
+        self._handler, self._signum = handler, requeue
 
         def defer(signum: int, frame: object) -> None:
             self._pending = signum
@@ -114,8 +149,15 @@ class DeferredRequeue(L.Callback):
         signal.signal(requeue, defer)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if self._pending is not None and self._handler is not None:
-            signum, self._pending = self._pending, None
+        if self._handler is None:
+            return
+        stepped, self._last_step = trainer.global_step != self._last_step, trainer.global_step
+        # A boundary is a batch that took an optimizer step (no gradients half-accumulated, which checkpoints do
+        # not hold) and is not followed by a validation (a resume would skip it). All ranks decide together, so
+        # none enters the checkpoint's barrier while another is in the next batch's all-reduce.
+        boundary = stepped and not validation_follows(trainer)
+        if trainer.strategy.reduce_boolean_decision(boundary and self._pending is not None, all=False):
+            signum, self._pending = self._pending or self._signum, None
             self._handler(signum, None)
 
 

@@ -93,11 +93,17 @@ def check_trainer(trainer: DictConfig | None) -> None:
     clip = trainer.get("gradient_clip_val")
     if clip is not None and (not _number(clip) or clip < 0):
         raise bad("gradient_clip_val", "must be a number >= 0 (e.g. 1.0), or null for no clipping.")
-    for key, unit in (("val_check_interval", "training batches between validations"),
-                      ("limit_train_batches", "training batches per epoch")):
+    for key, unit, least in (("val_check_interval", "training batches between validations", 1),
+                             ("limit_train_batches", "training batches per epoch", 0)):
         value = trainer.get(key)
-        if value is None:
-            continue
-        if not _number(value) or value <= 0 or (isinstance(value, float) and value > 1):
+        if value is None or (key == "val_check_interval" and isinstance(value, str | DictConfig)):
+            continue  # a duration ("00:00:30:00", {minutes: 30}): Lightning checks it
+        if not _number(value) or value < least or (isinstance(value, float) and not 0 < value <= 1):
             raise bad(key, f"must be a whole number of {unit} (e.g. 500), a fraction of an epoch in (0, 1] "
                            "(e.g. 0.25), or null.")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, int) and not isinstance(interval, bool) and interval % accumulate:
+        # A validation (and the checkpoint after it) in the middle of an accumulated step: gradients half summed,
+        # which no checkpoint holds, so a resume from there would not be exact.
+        raise bad("val_check_interval", f"is not a multiple of trainer.accumulate_grad_batches={accumulate}: "
+                                        f"validate on step boundaries, e.g. trainer.val_check_interval={accumulate * max(1, interval // accumulate)}.")

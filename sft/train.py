@@ -213,7 +213,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         epochs, steps = _fit_progress(trainer, callbacks)
     else:
         log.info("The run in %s had finished training; evaluating its best checkpoint.", output_dir)
-        epochs, steps = finished["epoch"], finished["global_step"]  # saved at train end: epochs completed
+        epochs, steps = _saved_progress(finished)
     fit_seconds = time.perf_counter() - started
 
     best = _best_checkpoint(callbacks, finished)
@@ -294,14 +294,21 @@ def _check_global_batch(batch_size: Any, world_size: int) -> None:
 def _fit_progress(trainer: Any, callbacks: list[Any]) -> tuple[int, int]:
     """Epochs and optimizer steps of the fit. With forked / spawned DDP ranks the fit ran in the workers and this
     process's trainer never advanced: the counts come from the last checkpoint the workers wrote."""
-    from sft.callbacks import LastCheckpoint, worker_launcher
+    from sft.callbacks import LastCheckpoint, epochs_trained, worker_launcher
 
     if worker_launcher(trainer) is not None:
         for cb in callbacks:
             finished = _finished_checkpoint(str(cb.path)) if isinstance(cb, LastCheckpoint) and cb.path.is_file() else None
             if finished:
-                return finished["epoch"], finished["global_step"]  # saved at train end: epochs completed
-    return trainer.current_epoch, trainer.global_step
+                return _saved_progress(finished)
+    return epochs_trained(trainer), trainer.global_step
+
+
+def _saved_progress(checkpoint: dict[str, Any]) -> tuple[int, int]:
+    """(epochs trained, optimizer steps) recorded in a checkpoint written at the end of fit."""
+    from sft.callbacks import EPOCHS_KEY
+
+    return int(checkpoint.get(EPOCHS_KEY, checkpoint["epoch"])), int(checkpoint["global_step"])
 
 
 def _finished_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:

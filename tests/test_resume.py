@@ -79,7 +79,9 @@ KILLS = {
     "at the end of an epoch": ("epochs", [], kill_at(15, "on_train_epoch_end")),
     "between epochs": ("epochs", [], kill_at(15, "on_train_epoch_start")),
     "after a mid-epoch validation": ("val_every_5", ["trainer.val_check_interval=5"], kill_at(10, "on_train_batch_start")),
+    "after early stopping decided, before fit ends": ("epochs", [], kill_at(60, "on_train_epoch_end")),
     "after fit, before test": ("epochs", [], kill_at(60, "teardown")),
+    "right after a validation, loader workers": ("epochs", ["+data.num_workers=2"], kill_at(15, "on_train_batch_start")),
 }
 
 

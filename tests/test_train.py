@@ -192,10 +192,11 @@ def test_common_trainer_knobs_need_no_plus(tiny_cfg):
     ("trainer.limit_train_batches=-2", r"trainer.limit_train_batches=-2 must be"),
     ("trainer.accumulate_grad_batches=0", r"trainer.accumulate_grad_batches=0 must be an integer >= 1"),
     ("trainer.gradient_clip_val=-1", r"trainer.gradient_clip_val=-1 must be a number >= 0"),
+    ("trainer.val_check_interval=5 trainer.accumulate_grad_batches=2", r"not a multiple of trainer.accumulate"),
 ])
 def test_bad_trainer_settings_fail_before_anything_runs(tiny_cfg, tmp_path, override, message):
     from sft.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        train(tiny_cfg(override))
+        train(tiny_cfg(*override.split()))
     assert not (tmp_path / "run").exists(), "nothing is written before the config is checked"

@@ -47,12 +47,29 @@ class ClassificationDataModule(L.LightningDataModule):
         return sampler
 
     def _training_epoch(self) -> int:
-        """The epoch being trained (Lightning's count of processed epochs, restored on resume); 0 without a trainer,
-        and 0 throughout ``overfit_batches`` (the same few batches every epoch: that is the point of it)."""
+        """The epoch whose order the train loader draws now; 0 without a trainer."""
+        return self._position()[0] if self.trainer is not None else 0
+
+    def _position(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained on), from the trainer's loop counters (restored on resume).
+
+        The same answer whenever it is asked: in a checkpoint (``state_dict``) and when the loader starts an
+        epoch, which with loader workers happens before Lightning resets its batch counter for the new epoch.
+        """
         trainer = self.trainer
-        if trainer is None or trainer.overfit_batches:
-            return 0
-        return trainer.fit_loop.epoch_progress.current.processed
+        epochs = trainer.fit_loop.epoch_progress.current
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if epochs.processed == epochs.started:
+            # Between epochs (at an epoch's end, or as the next one starts): the next epoch has not drawn a batch,
+            # although Lightning's batch counter still holds the finished epoch's count until that epoch begins.
+            epoch, done = epochs.processed, 0
+        elif done >= trainer.num_training_batches:
+            # After the epoch's last batch (e.g. in the validation that ends it): a resumed run goes on with the next.
+            epoch, done = epochs.processed + 1, 0
+        else:
+            epoch = epochs.processed
+        # overfit_batches: the same few batches every epoch, which is the point of it.
+        return (0 if trainer.overfit_batches else epoch), done
 
     def eval_dataloader(self, split: str) -> Any:
         """The split in its own order (no shuffling), batched for evaluation."""
@@ -71,16 +88,8 @@ class ClassificationDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":
             return {}
-        epochs = trainer.fit_loop.epoch_progress.current
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # batches of this epoch stepped on
-        if epochs.processed == epochs.started:
-            # Between epochs (at an epoch's end, or as the next one starts): the next epoch has not drawn a batch,
-            # although Lightning's batch counter still holds the finished epoch's count until that epoch begins.
-            return {"epoch": epochs.processed, "batches_done": 0}
-        if done >= trainer.num_training_batches:
-            # After the epoch's last batch (e.g. in the validation that ends it): a resumed run goes on with the next.
-            return {"epoch": epochs.processed + 1, "batches_done": 0}
-        return {"epoch": epochs.processed, "batches_done": done}
+        epoch, done = self._position()
+        return {"epoch": epoch, "batches_done": done}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:

@@ -7,11 +7,14 @@ pad to 40; grouped batches pad to 14, which is most of the training speed-up.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class PadCollator:
@@ -128,10 +131,12 @@ class TrainBatchSampler:
         skip = 0
         if self._resume is not None:  # only the first epoch after a resume is partly done
             (epoch, batches_done), self._resume = self._resume, None
-            if epoch != self.epoch:
-                raise RuntimeError(f"The checkpoint is at epoch {epoch}, batch {batches_done}, but training resumed "
-                                   f"at epoch {self.epoch}: the resumed run would not see the same batches.")
-            skip = batches_done
+            if epoch == self.epoch:
+                skip = batches_done
+            else:  # e.g. a checkpoint of an sft version that recorded the position differently
+                log.warning("The checkpoint's data position (epoch %d, batch %d) does not match the resumed epoch %d: "
+                            "this epoch starts from its first batch, so the run is not an exact continuation.",
+                            epoch, batches_done, self.epoch)
         for batch in self.batches(self.epoch)[skip:]:
             if self.world_size == 1:
                 yield batch

@@ -98,7 +98,9 @@ def check_trainer(trainer: DictConfig | None) -> None:
         value = trainer.get(key)
         if value is None or (key == "val_check_interval" and isinstance(value, str | DictConfig)):
             continue  # a duration ("00:00:30:00", {minutes: 30}): Lightning checks it
-        if not _number(value) or value < least or (isinstance(value, float) and not 0 < value <= 1):
+        fraction_ok = isinstance(value, float) and 0 < value <= 1
+        count_ok = isinstance(value, int) and value >= least
+        if not _number(value) or not (fraction_ok or count_ok):
             raise bad(key, f"must be a whole number of {unit} (e.g. 500), a fraction of an epoch in (0, 1] "
                            "(e.g. 0.25), or null.")
     interval = trainer.get("val_check_interval")

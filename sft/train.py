@@ -200,6 +200,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
         discard_previous_metrics(loggers)
     eval_precision = evaluation_precision(trainer.precision)
+    if "FSDP" in type(trainer.strategy).__name__:  # the model stays sharded with its bf16 policy: evaluate as trained
+        eval_precision = str(trainer.precision)
     if trainer.is_global_zero:
         write_run_info(output_dir, cfg, precision=str(trainer.precision), evaluation_precision=eval_precision,
                        accelerator=type(trainer.accelerator).__name__)

@@ -179,6 +179,15 @@ def test_max_steps_replaces_the_epoch_budget_and_validates_its_last_step(tiny_cf
     assert {(0, 14), (1, 19)} <= set(_validations(tmp_path / "run")), "validated at the epoch's end and the last step"
 
 
+@pytest.mark.parametrize("override", ["trainer.val_check_interval=0.25", "trainer.val_check_interval=1.0",
+                                      "trainer.val_check_interval=00:00:30:00", "trainer.limit_train_batches=0",
+                                      "trainer.limit_train_batches=0.5", "+trainer.max_time=00:01:00:00"])
+def test_legitimate_trainer_settings_pass_the_checks(compose_cfg, override):
+    from sft.checks import check_config
+
+    check_config(compose_cfg(override, "output_dir=.", "report=none"))
+
+
 def test_common_trainer_knobs_need_no_plus(tiny_cfg):
     metrics = train(tiny_cfg("trainer.accumulate_grad_batches=3", "trainer.gradient_clip_val=1.0",
                              "trainer.limit_train_batches=6", "trainer.val_check_interval=3", "export=false"))

@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sft.errors import ConfigError, SftError
+from sft.rundir import metric_mode
 
 
 def config_dir() -> str:
@@ -25,14 +26,6 @@ def config_dir() -> str:
 
 
 CONFIG_DIR = config_dir()
-
-# Names of metrics where smaller is better (val/loss, test/ece, ...); everything else is maximised.
-LOWER_IS_BETTER = ("loss", "nll", "ece", "brier", "error")
-
-
-def metric_mode(metric: str) -> str:
-    return "min" if any(word in str(metric).lower() for word in LOWER_IS_BETTER) else "max"
-
 
 # ${metric_mode:val/loss} -> min (ModelCheckpoint, EarlyStopping); ${metric_direction:val/acc} -> maximize (Optuna).
 OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)

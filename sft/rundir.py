@@ -60,6 +60,16 @@ def write_run_info(output_dir: Path, cfg: DictConfig, **extra: Any) -> None:
     runs_file.write_text(json.dumps({**info, "starts": history}, indent=2))
 
 
+# Metrics where smaller is better (val/loss, test/ece, fit/seconds...); everything else is maximised. The one
+# rule for checkpoint selection, early stopping, Optuna's direction and the sweep summary's "best".
+LOWER_IS_BETTER = ("loss", "nll", "ece", "brier", "error", "seconds")
+
+
+def metric_mode(metric: str) -> str:
+    """"min" or "max": which way ``metric`` improves."""
+    return "min" if any(word in str(metric).lower() for word in LOWER_IS_BETTER) else "max"
+
+
 def write_metrics(output_dir: Path, metrics: dict[str, float]) -> Path:
     path = output_dir / "metrics.json"
     path.write_text(json.dumps(dict(sorted(metrics.items())), indent=2))

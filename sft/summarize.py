@@ -27,6 +27,7 @@ from typing import Any
 
 from sft.errors import ConfigError, DataError, SftError
 from sft.report.stability import PREFERRED_ORDER, SKIPPED_PREFIXES, metric_stats, natural_key, read_metrics
+from sft.rundir import metric_mode
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ OK, UNFINISHED, FAILED = "ok", "unfinished", "failed"
 MODES = ("max", "min")
 DEFAULT_METRIC = "val/acc"
 # Metric names where smaller is better, when neither --mode nor the sweeper's direction says otherwise.
-LOWER_IS_BETTER = ("loss", "nll", "ece", "brier", "error", "seconds")
 SEED_KEY = "seed"
 BASE_CONFIGURATION = "(shared overrides only)"  # label of the configuration that adds nothing to the shared ones
 MAX_MARKDOWN_METRICS = 6  # wider tables do not read in a terminal; summary.csv has every metric
@@ -166,10 +166,6 @@ def sweeper_mode(sweep: Path) -> str | None:
     return {"maximize": "max", "max": "max", "minimize": "min", "min": "min"}.get(direction)
 
 
-def default_mode(metric: str) -> str:
-    return "min" if any(word in metric.lower() for word in LOWER_IS_BETTER) else "max"
-
-
 def ordered_metric_keys(rows: list[dict[str, Any]], first: str | None = None) -> list[str]:
     """Every metric of the rows: ``first``, the usual outcomes (test/acc, ...), then the rest by name."""
     keys = set().union(*(row["metrics"] for row in rows)) if rows else set()
@@ -226,7 +222,7 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, mode: str | None
                           f"{', '.join(ordered_metric_keys(finished))}. Pick one with --metric.")
     if mode is None:
         # The sweeper's direction is about the metric it optimized, not about another one asked for.
-        mode = (sweeper_mode(sweep) if metric is None else None) or default_mode(chosen)
+        mode = (sweeper_mode(sweep) if metric is None else None) or metric_mode(chosen)
     return {"folder": str(sweep), "metric": chosen, "mode": mode, "rows": rows,
             "counts": {status: sum(row["status"] == status for row in rows) for status in (OK, UNFINISHED, FAILED)},
             "best": best_run(rows, chosen, mode), "groups": configuration_groups(rows),

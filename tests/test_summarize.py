@@ -292,3 +292,22 @@ def test_callback_logs_instead_of_failing_the_finished_multirun(sweep, caplog):
     sm.SweepSummary(metric="val/f1").on_multirun_end(config)  # must not raise
     assert "No sweep summary for" in caplog.text and "val/f1" in caplog.text
     assert not (sweep / "summary.md").exists()
+
+
+@pytest.mark.parametrize("metric, mode", [("val/acc", "max"), ("val/loss", "min"), ("fit/seconds", "min"),
+                                          ("test/ece", "min"), ("val/f1", "max")])
+def test_checkpointing_search_and_summary_agree_on_the_direction(compose_cfg, tmp_path, metric, mode):
+    """One rule for "better": ModelCheckpoint / EarlyStopping, Optuna and the sweep summary. (optimized_metric=
+    fit/seconds used to be maximised by checkpointing and Optuna but minimised by the summary.)"""
+    cfg = compose_cfg(f"optimized_metric={metric}", "output_dir=.")
+    assert cfg.callbacks.model_checkpoint.mode == cfg.callbacks.early_stopping.mode == mode
+    from sft.rundir import metric_mode
+
+    assert OmegaConf.create({"d": f"${{metric_direction:{metric}}}"}).d == mode + "imize"
+    sweep = tmp_path / "sweep"
+    values = {0: 1.0, 1: 3.0, 2: 2.0}
+    for job, value in values.items():
+        write_job(sweep, job, [f"seed={job}"], {metric: value}, optimized_metric=metric)
+    summary = sm.summarize(sweep)
+    assert summary["mode"] == metric_mode(metric) == mode
+    assert summary["best"]["metrics"][metric] == (min if mode == "min" else max)(values.values())

@@ -33,9 +33,19 @@ def _study(sweep: Path):
 
 
 def _interrupted_job(sweep: Path) -> Path | None:
-    """A job folder that has a checkpoint but no results yet: a trial in the middle of training."""
+    """A job folder that has a checkpoint but no results yet: a trial in the middle of training. Not the NaN
+    trial, which also ends without results: killing the sweep then can land while the sweeper writes the next
+    trial's settings, a different interruption from the one tested here."""
+    from omegaconf import OmegaConf
+
     for job in sweep.glob("[0-9]*"):
-        if (job / "checkpoints" / "last.ckpt").is_file() and not (job / "metrics.json").is_file():
+        if not (job / "checkpoints" / "last.ckpt").is_file() or (job / "metrics.json").is_file():
+            continue
+        try:
+            diverging = OmegaConf.load(job / "config.yaml").optimizer.lr > 1  # the lr=1e12 grid point
+        except Exception:  # config.yaml being written
+            continue
+        if not diverging:
             return job
     return None
 

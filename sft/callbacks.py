@@ -81,10 +81,9 @@ EPOCHS_KEY = "sft_epochs_trained"
 def epochs_trained(trainer: L.Trainer) -> int:
     """Epochs whose batches have all been trained on. Lightning's ``current_epoch`` misses the last one when a
     resumed run stops at once (early stopping had decided just before the kill) or restarts at an epoch's end."""
-    epochs = trainer.fit_loop.epoch_progress.current
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-    finished_one_more = epochs.started > epochs.processed and done >= trainer.num_training_batches
-    return epochs.processed + int(finished_one_more)
+    from sft.data.batching import training_position
+
+    return training_position(trainer)[0]
 
 
 def validation_follows(trainer: L.Trainer) -> bool:

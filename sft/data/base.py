@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 
-from sft.data.batching import TrainBatchSampler, distributed_rank
+from sft.data.batching import TrainBatchSampler, distributed_rank, training_position
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -51,25 +51,10 @@ class ClassificationDataModule(L.LightningDataModule):
         return self._position()[0] if self.trainer is not None else 0
 
     def _position(self) -> tuple[int, int]:
-        """(epoch, batches of it already trained on), from the trainer's loop counters (restored on resume).
-
-        The same answer whenever it is asked: in a checkpoint (``state_dict``) and when the loader starts an
-        epoch, which with loader workers happens before Lightning resets its batch counter for the new epoch.
-        """
-        trainer = self.trainer
-        epochs = trainer.fit_loop.epoch_progress.current
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if epochs.processed == epochs.started:
-            # Between epochs (at an epoch's end, or as the next one starts): the next epoch has not drawn a batch,
-            # although Lightning's batch counter still holds the finished epoch's count until that epoch begins.
-            epoch, done = epochs.processed, 0
-        elif done >= trainer.num_training_batches:
-            # After the epoch's last batch (e.g. in the validation that ends it): a resumed run goes on with the next.
-            epoch, done = epochs.processed + 1, 0
-        else:
-            epoch = epochs.processed
-        # overfit_batches: the same few batches every epoch, which is the point of it.
-        return (0 if trainer.overfit_batches else epoch), done
+        """(epoch, batches of it done) for the sampler and the checkpoint; under ``overfit_batches`` always
+        epoch 0: the same few batches every epoch, which is the point of it."""
+        epoch, done = training_position(self.trainer)
+        return (0 if self.trainer.overfit_batches else epoch), done
 
     def eval_dataloader(self, split: str) -> Any:
         """The split in its own order (no shuffling), batched for evaluation."""

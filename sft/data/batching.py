@@ -65,6 +65,24 @@ def eval_batches(n: int, batch_size: int, rank: int | None = None, world: int | 
     return [mine[bounds[i] : bounds[i + 1]] for i in range(count)]
 
 
+def training_position(trainer) -> tuple[int, int]:
+    """(epoch, batches of it already trained on) from a Lightning trainer's loop counters (restored on resume).
+
+    The same answer whenever it is asked: in a checkpoint, when the loader starts an epoch (with loader workers
+    that happens before Lightning resets its batch counter for the new epoch), and after fit (epochs trained).
+    """
+    epochs = trainer.fit_loop.epoch_progress.current
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    if epochs.processed == epochs.started:
+        # Between epochs (at an epoch's end, or as the next one starts): the next epoch has not drawn a batch,
+        # although Lightning's batch counter still holds the finished epoch's count until that epoch begins.
+        return epochs.processed, 0
+    if done >= trainer.num_training_batches:
+        # After the epoch's last batch (e.g. in the validation that ends it): a resumed run goes on with the next.
+        return epochs.processed + 1, 0
+    return epochs.processed, done
+
+
 class TrainBatchSampler:
     """Seeded per-epoch shuffling, optionally length-grouped, that can skip batches already trained on.
 

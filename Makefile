@@ -34,8 +34,9 @@ test-slow: install ## Run only the slow tests (real SST-2 fine-tune, installed-c
 test-all: install ## Run every test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install ## Lint with ruff
+lint: install ## Lint: ruff, and import-linter's layer contract (pyproject.toml: no upward import, no cycle)
 	$(VENV)/bin/ruff check sft tests bench
+	$(VENV)/bin/lint-imports
 
 bench: install ## Benchmarks: text (vs HF Trainer, plain loop), images (vs plain loop), cached probe
 	$(PY) bench/bench_text.py

@@ -15,7 +15,7 @@ Peers (each runs in its own subprocess: ``bench_image.py --peer NAME``, which pr
                    (the same initial weights as sft, checked by a parameter checksum),
                    ``torchvision.datasets.ImageFolder`` with ``sft.data.image.build_transforms``, a shuffling
                    ``DataLoader(drop_last=True)``, ``torch.optim.AdamW(fused=True)``.
-* ``sft``          sft's real entry (Hydra compose + ``sft.train.train``) with its default callbacks
+* ``sft``          sft's real entry (Hydra compose + ``sft.pipeline.train.train``) with its default callbacks
                    (best checkpoint, last.ckpt, early stopping, LR monitor; no progress bar): checkpoint
                    writes are counted as training time.
 * ``sft_no_ckpt``  the same with ``callbacks=none`` and ``trainer.enable_checkpointing=false`` (without it
@@ -243,7 +243,7 @@ def sft_overrides(args: argparse.Namespace, checkpoints: bool, output_dir: Path,
 
 
 def peer_sft(args: argparse.Namespace, checkpoints: bool, deterministic: bool = True) -> dict[str, Any]:
-    from sft.train import train
+    from sft.pipeline.train import train
 
     run_dir = args.workdir / "run"
     overrides = sft_overrides(args, checkpoints, run_dir, deterministic)

@@ -6,18 +6,18 @@ folder (``data=sst2``) with a seeded, stratified 4,000-row training subset (``da
 872 rows carved from train, test = the SST-2 dev set, 872 rows), a linear probe (backbone frozen, only the
 head trains) with AdamW lr 1e-2 (sft's defaults otherwise: linear decay, batch 32, max length 64), 10 epochs,
 seed 0, fp32 (``trainer.precision=32-true``), ``torch_threads=2``. Every peer goes through sft's real entry
-(Hydra ``compose`` of sft's config + ``sft.train.train(cfg)``) with sft's default callbacks (best checkpoint,
+(Hydra ``compose`` of sft's config + ``sft.pipeline.train.train(cfg)``) with sft's default callbacks (best checkpoint,
 ``last.ckpt``, LR monitor), except the progress bar and early stopping (so every probe runs all its epochs).
 
 Peers (each runs in its own subprocess: ``bench_probe.py --peer NAME``, which prints one JSON line):
 
 * ``naive``        ``freeze=backbone``: the frozen backbone runs on every batch of every epoch (and on val
                    after every epoch).
-* ``cached_cold``  ``freeze=backbone freeze.cache_features=true`` with an empty feature cache: the one-time
+* ``cached_cold``  ``probe=cached`` with an empty feature cache: the one-time
                    backbone pass over train/val/test is included, then the head trains on cached features.
 * ``cached_warm``  the same with the feature cache already filled (by ``cached_cold``; the script runs a
                    filling ``cached_cold`` first when only ``cached_warm`` is asked for).
-* ``sklearn``      ``freeze=sklearn freeze.pooling=mean``: scikit-learn LogisticRegression on mean-pooled
+* ``sklearn``      ``probe=sklearn probe.pooling=mean``: scikit-learn LogisticRegression on mean-pooled
                    features (cold feature cache).
 
 The tokenization cache (``$SFT_CACHE/tokenized``) is filled once, before the peers, and copied into every
@@ -82,9 +82,9 @@ def peer_overrides(peer: str, args: argparse.Namespace, output_dir: Path) -> lis
         return common
     freeze = {
         "naive": ["freeze=backbone"],
-        "cached_cold": ["freeze=backbone", "freeze.cache_features=true"],
-        "cached_warm": ["freeze=backbone", "freeze.cache_features=true"],
-        "sklearn": ["freeze=sklearn", "freeze.pooling=mean"],
+        "cached_cold": ["probe=cached"],
+        "cached_warm": ["probe=cached"],
+        "sklearn": ["probe=sklearn", "probe.pooling=mean"],
     }[peer]
     return common + freeze + [
         f"optimizer.lr={LR}",
@@ -103,7 +103,7 @@ def peer_overrides(peer: str, args: argparse.Namespace, output_dir: Path) -> lis
 def sft_bench_timer() -> Any:
     """Hydra target for a callback added to sft's callbacks (``++callbacks.bench_timer``): times every
     ``trainer.save_checkpoint`` during fit and counts the epochs and steps actually run. Not instantiated
-    for ``freeze=sklearn`` (no Lightning trainer)."""
+    for ``probe=sklearn`` (no Lightning trainer)."""
     import lightning as L
 
     class BenchTimer(harness.FitTimerMixin, L.Callback):
@@ -134,14 +134,11 @@ def count_files(folder: Path, pattern: str = "*.pt") -> int:
 
 def run_prepare(args: argparse.Namespace) -> dict[str, Any]:
     """Build sft's data module exactly as ``train`` does and tokenize (fills ``$SFT_CACHE/tokenized``)."""
-    from hydra.utils import get_class
-
-    from sft.train import build
+    from sft.pipeline.build import build_datamodule, data_inputs
 
     cfg = harness.compose_sft(peer_overrides("prepare", args, args.workdir / "unused"))
-    model_cls = get_class(cfg.model._target_)
     started = time.perf_counter()
-    datamodule = build(cfg.data, **model_cls.data_inputs(cfg.model), seed=cfg.seed)
+    datamodule = build_datamodule(cfg.data, **data_inputs(cfg.model), seed=cfg.seed)
     datamodule.prepare_data()
     splits = datamodule.load_splits()
     return {"tokenize_s": time.perf_counter() - started,
@@ -153,8 +150,8 @@ def run_prepare(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_peer_in_process(args: argparse.Namespace) -> dict[str, Any]:
-    import sft.finetune.feature_cache as feature_cache
-    from sft.train import train
+    import sft.probes.feature_cache as feature_cache
+    from sft.pipeline.train import train
 
     cache = Path(os.environ["SFT_CACHE"])
     features_dir = cache / "features"

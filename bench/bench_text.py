@@ -12,7 +12,7 @@ Peers (each runs in its own subprocess: ``bench_text.py --peer NAME``, which pri
 * ``hf_trainer``         ``transformers.Trainer`` with ``TrainingArguments`` defaults plus the task settings.
 * ``hf_trainer_best``    the same with ``train_sampling_strategy="group_by_length"`` (and ``bf16=True`` only
                          where the CPU has AMX / AVX512-BF16).
-* ``sft``                sft's real entry (Hydra compose + ``sft.train.train``), length-grouped batches (default).
+* ``sft``                sft's real entry (Hydra compose + ``sft.pipeline.train.train``), length-grouped batches (default).
 * ``sft_random_batches`` the same with ``data.group_by_length=false``.
 
 Measured per peer: training wall time (model load, tokenization and dev evaluation excluded),
@@ -303,7 +303,7 @@ def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
     # best checkpoint is the final model anyway. test = full dev.
     copy_head(args.sst2_dir / "dev.tsv", data / "val.tsv", args.val_rows)
 
-    from sft.train import train
+    from sft.pipeline.train import train
 
     overrides = [
         "data=text_file",

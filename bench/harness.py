@@ -183,7 +183,7 @@ def compose_sft(overrides: Sequence[str], show: bool = False) -> Any:
     """sft's Hydra config with ``overrides`` (composed as ``sft-run`` does); ``show``: say them on stderr."""
     from hydra import compose, initialize_config_dir
 
-    from sft.run import CONFIG_DIR
+    from sft.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sft.errors import SftError
+from hydra.experimental.callback import Callback
+
+from sft.errors import command_line
 from sft.summarize import collect as collect_jobs
 from sft.summarize import markdown_table, write_csv
 
@@ -39,13 +41,8 @@ def write_table(sweep_dir: str | Path) -> str:
     return table
 
 
-try:
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover - hydra is a dependency
-    _HydraCallback = object
 
-
-class StrategyTable(_HydraCallback):
+class StrategyTable(Callback):
     """Hydra callback: after the multirun, write and print the table of its jobs."""
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
@@ -53,16 +50,13 @@ class StrategyTable(_HydraCallback):
         print(f"\nStrategies ({config.hydra.sweep.dir}):\n{table}", flush=True)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not Path(args[0]).is_dir():
         print("usage: python -m sft.compare <multirun folder>", file=sys.stderr)
         return 2
-    try:
-        print(write_table(args[0]))
-    except SftError as e:  # e.g. a folder without job folders
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    print(write_table(args[0]))  # an SftError (e.g. a folder without job folders): exit status 2
     return 0
 
 

@@ -18,6 +18,3 @@ def export_text_model(model: Any, tokenizer: Any, out_dir: Path, extra: dict[str
     (out_dir / "labels.json").write_text(json.dumps(labels, indent=2))
     return out_dir
 
-
-def is_export_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))

@@ -1,36 +1,110 @@
-"""Load a trained model (checkpoint, export folder or run folder) and predict in input order."""
+"""The inference layer: load a trained model (checkpoint, export folder or run folder) and the one loop that
+turns a model plus batches into outputs (logits, or features on request), rows in dataset order.
+
+Every consumer goes through :func:`outputs`: ``sft.eval``, the report, ``sft.predict``, the feature cache
+and the scikit-learn head.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sft.errors import ConfigError
-
-EXPORT_MARKERS = ("config.json", "model.json")  # text (save_pretrained) / image export folders
-
-
-def _is_export(folder: Path) -> bool:
-    return any((folder / marker).is_file() for marker in EXPORT_MARKERS)
+from sft.rundir import CALIBRATION_FILE, is_export_dir, run_dir_of
 
 
+@dataclass
+class Outputs:
+    """Per-example outputs of one pass, row i = example i of the data (its order, whatever order the batches
+    visited the examples in). ``logits`` holds what the forward returned: logits, or features on request."""
+
+    logits: torch.Tensor  # (N, C) float32 (or (N, D) features)
+    labels: torch.Tensor | None  # (N,) int64 when the batches carry labels
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.softmax(-1)
+
+    @property
+    def preds(self) -> torch.Tensor:
+        return self.logits.argmax(-1)
+
+
+def _dataset_order(batches: Iterable[Any]) -> torch.Tensor | None:
+    """The example index of each output row, from the loader's batch sampler (None: already in order)."""
+    sampler = getattr(batches, "batch_sampler", None)
+    if sampler is None:
+        return None
+    return torch.tensor([i for batch in sampler for i in batch], dtype=torch.long)
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def outputs(model: Any, batches: Iterable[dict[str, Any]], forward: Callable[[dict], torch.Tensor] | None = None,
+            device: torch.device | None = None) -> Outputs:
+    """``forward(batch)`` (default ``model.logits``) over every batch, in eval mode without gradients; rows are
+    put back in dataset order when the loader's batch sampler visits the examples in another (length-sorted)
+    order. ``batches``: a DataLoader or any iterable of batch dicts."""
+    forward = forward or model.logits
+    device = device or model.device
+    was_training = model.training
+    model.eval()
+    values, labels = [], []
+    with torch.inference_mode():
+        for batch in batches:
+            batch = _to(batch, device)
+            values.append(forward(batch).float().cpu())
+            if "labels" in batch:
+                labels.append(batch["labels"].cpu())
+    model.train(was_training)
+    out = torch.cat(values) if values else torch.empty(0)
+    targets = torch.cat(labels).long() if labels and len(labels) == len(values) else None
+    order = _dataset_order(batches)
+    if order is not None and len(order) == len(out):
+        out[order] = out.clone()
+        if targets is not None:
+            targets[order] = targets.clone()
+    return Outputs(out, targets)
+
+
+def split_outputs(model: Any, datamodule: Any, split: str) -> Outputs:
+    """``model.logits`` over a split of a set-up data module, rows in split order (text goes by length:
+    ``ordered_dataloader`` halves the padding)."""
+    ordered = getattr(datamodule, "ordered_dataloader", None)
+    return outputs(model, ordered(split) if ordered else datamodule.eval_dataloader(split))
+
+
+def chunks(batch: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    """A batch dict cut into batches of at most ``size`` rows (for :func:`outputs`)."""
+    n = len(next(iter(batch.values())))
+    return [{k: v[start : start + size] for k, v in batch.items()} for start in range(0, n, size)]
+
+
+# ---------------------------------------------------------------------- loading
 def resolve_model_path(path: str | Path) -> Path:
     """A run folder means its export/ (or else its best / last checkpoint)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise ConfigError(f"{str(p)!r} does not exist: give a run folder, its export/ folder or a .ckpt file.")
-    if p.is_dir() and not _is_export(p):
-        if _is_export(p / "export"):
+    if p.is_dir() and not is_export_dir(p):
+        if is_export_dir(p / "export"):
             return p / "export"
         ckpts = sorted((p / "checkpoints").glob("best-*.ckpt")) or sorted((p / "checkpoints").glob("last.ckpt"))
         if ckpts:
             return ckpts[-1]
         for head in (p / "sklearn_head.json", p / "export" / "sklearn_head.json", p / "export" / "sklearn_head.joblib"):
             if head.is_file():
-                raise ConfigError(f"{str(p)!r} is a freeze=sklearn run whose head is a scikit-learn estimator over "
+                raise ConfigError(f"{str(p)!r} is a probe=sklearn run whose head is a scikit-learn estimator over "
                                   f"features the model's own head does not take ({head.name}); load it with the "
-                                  "backbone and the estimator yourself, or rerun with freeze.pooling=head and a "
+                                  "backbone and the estimator yourself, or rerun with probe.pooling=head and a "
                                   "linear estimator to get a loadable model export.")
         raise ConfigError(f"{str(p)!r} holds no model: expected an export (config.json or model.json), export/ "
                           "or checkpoints/*.ckpt.")
@@ -43,8 +117,6 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     The data inputs are what the model's DataModule needs to feed it: ``{"tokenizer": ...}`` for text,
     ``{"preprocess": {...}}`` (resize, crop, normalisation) for images.
     """
-    import torch
-
     p = resolve_model_path(path)
     if p.is_dir() and (p / "model.json").is_file():
         from sft.models.vision import ImageClassifier
@@ -73,9 +145,6 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
 
 def calibration_temperature(path: str | Path) -> float:
     """The temperature ``sft.explain`` fitted on the validation split (``calibration.json`` beside the export)."""
-    from sft.eval import run_dir_of
-    from sft.explain import CALIBRATION_FILE
-
     p = Path(path).expanduser()
     run_dir = run_dir_of(p)
     candidates = [p / CALIBRATION_FILE] if p.is_dir() else []
@@ -97,32 +166,27 @@ def label_names(model: Any) -> list[str]:
 
 
 def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int = 128, batch_size: int = 64,
-                  temperature: float = 1.0) -> Any:
+                  temperature: float = 1.0) -> torch.Tensor:
     """Class probabilities (softmax of logits / temperature), one row per text in the given order (batched by
     length internally)."""
-    import torch
+    from torch.utils.data import DataLoader
 
     from sft.data.batching import PadCollator
 
     encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # less padding
-    collate = PadCollator(tokenizer.pad_token_id or 0)
-    probs = torch.empty(len(texts), model.hparams.num_labels)
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = collate([(torch.tensor(encoded[i]), 0) for i in idx])
-            logits = model(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device))
-            probs[idx] = (logits.float() / temperature).softmax(-1).cpu()
-    return probs
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    examples = [(torch.tensor(ids), 0) for ids in encoded]
+    loader = DataLoader(examples, batch_sampler=batches, collate_fn=PadCollator(tokenizer.pad_token_id or 0))
+    if not texts:
+        return torch.empty(0, model.hparams.num_labels)
+    return (outputs(model, loader).logits / temperature).softmax(-1)
 
 
 def predict_image_proba(model: Any, preprocess: dict[str, Any], paths: list[str], batch_size: int = 32,
-                        temperature: float = 1.0) -> Any:
-    """Class probabilities (softmax of logits / temperature), one row per image file in the given order. Every file is checked first, so an
-    unreadable one is a clear error naming it, before any work."""
-    import torch
+                        temperature: float = 1.0) -> torch.Tensor:
+    """Class probabilities (softmax of logits / temperature), one row per image file in the given order. Every
+    file is checked first, so an unreadable one is a clear error naming it, before any work."""
     from torch.utils.data import DataLoader
 
     from sft.data.image import ImageDataset, build_transforms
@@ -130,10 +194,4 @@ def predict_image_proba(model: Any, preprocess: dict[str, Any], paths: list[str]
 
     check_images([(p, "") for p in paths])
     dataset = ImageDataset([(p, 0) for p in paths], build_transforms(preprocess, train=False))
-    probs = []
-    model.eval()
-    with torch.inference_mode():
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            logits = model.logits({"pixel_values": batch["pixel_values"].to(model.device)}).float()
-            probs.append((logits / temperature).softmax(-1).cpu())
-    return torch.cat(probs)
+    return (outputs(model, DataLoader(dataset, batch_size=batch_size)).logits / temperature).softmax(-1)

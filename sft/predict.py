@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from sft.data.sources import text_encoding, undecodable
-from sft.errors import DataError, SftError
+from sft.errors import DataError, command_line
 
 
 def read_texts(source: str, text_column: str, encoding: str = "utf-8") -> list[str]:
@@ -97,14 +97,6 @@ def prediction_rows(names: list[str], inputs: list[str], probs: list[list[float]
     return rows
 
 
-def predict_rows(model_path: str, texts: list[str], max_length: int = 128, batch_size: int = 64) -> list[dict]:
-    """Rows for texts, loading a text model from ``model_path``."""
-    from sft.inference import load_model
-
-    model, inputs = load_model(model_path)
-    return predict_with(model, inputs, texts, max_length, batch_size)
-
-
 def predict_with(model, inputs: dict, items: list[str], max_length: int = 128, batch_size: int = 64,
                  temperature: float = 1.0) -> list[dict]:
     from sft.inference import label_names, predict_image_proba, predict_proba
@@ -129,6 +121,7 @@ def write_rows(rows: list[dict], out, fmt: str) -> None:
         writer.writerows(rows)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sft.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,18 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrated", action="store_true", help="divide logits by the temperature the report "
                         "fitted on the validation split (calibration.json), for calibrated probabilities")
     args = parser.parse_args(argv)
-    try:
-        from sft.inference import calibration_temperature, load_model
+    from sft.inference import calibration_temperature, load_model
 
-        temperature = calibration_temperature(args.model) if args.calibrated else 1.0
-        model, inputs = load_model(args.model)
-        items = read_image_paths(args.input) if model.modality == "image" else read_texts(args.input, args.text_column, args.encoding)
-        if not items:
-            raise DataError(f"--input {args.input!r}: nothing to predict.")
-        rows = predict_with(model, inputs, items, args.max_length, args.batch_size, temperature)
-    except SftError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    temperature = calibration_temperature(args.model) if args.calibrated else 1.0
+    model, inputs = load_model(args.model)
+    items = read_image_paths(args.input) if model.modality == "image" else read_texts(args.input, args.text_column, args.encoding)
+    if not items:
+        raise DataError(f"--input {args.input!r}: nothing to predict.")
+    rows = predict_with(model, inputs, items, args.max_length, args.batch_size, temperature)
     fmt = args.format or ("jsonl" if args.output and args.output.endswith((".jsonl", ".json")) else "csv")
     if args.output:
         with open(args.output, "w", encoding="utf-8", newline="") as f:

@@ -1,55 +1,21 @@
-"""``python -m sft.run``: the Hydra edge. Composes the config and calls :func:`sft.train.train`.
+"""``python -m sft.run``: the Hydra edge. Composes the config and calls :func:`sft.pipeline.train.train`.
 
 No torch / lightning import at module level: ``--help`` and ``--cfg job`` stay fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, open_dict
 
+from sft.config import CONFIG_DIR
 from sft.errors import ConfigError, SftError
-from sft.rundir import metric_mode
-
-
-def config_dir() -> str:
-    """conf/ ships inside the installed package (sft/conf); in a source checkout it is ../conf."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise RuntimeError(f"sft's config folder was not found next to {here}; reinstall the package.")
-
-
-CONFIG_DIR = config_dir()
-
-# ${metric_mode:val/loss} -> min (ModelCheckpoint, EarlyStopping); ${metric_direction:val/acc} -> maximize (Optuna).
-OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
-OmegaConf.register_new_resolver("metric_direction", lambda m: metric_mode(m) + "imize", replace=True)
-
-
-# Learning rate of a linear probe (freeze=backbone: only a new head trains), per optimizer.
-PROBE_LR = {"torch.optim.AdamW": 1e-3, "torch.optim.Adam": 1e-3, "torch.optim.SGD": 1e-2}
-
-
-def probe_lr(optimizer_target: str) -> float:
-    return PROBE_LR.get(str(optimizer_target), 1e-3)
-
-
-OmegaConf.register_new_resolver("probe_lr", probe_lr, replace=True)
-
-
-def _gpu_count() -> int:
-    from sft.devices import gpu_count
-
-    return gpu_count()
-
-
-OmegaConf.register_new_resolver("gpu_count", _gpu_count, replace=True)  # hydra/launcher=gpu_pool
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -57,11 +23,12 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sft.train import train
+    from sft.pipeline.train import train
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        metrics = train(cfg)
+        with job_resources(cfg) as cfg:
+            metrics = train(cfg)
         if multirun and cfg.optimized_metric not in metrics:  # the sweeper would record a bare "None"
             raise ConfigError(f"optimized_metric={cfg.optimized_metric!r} is not a metric of this run; it has "
                               f"{', '.join(sorted(metrics))}.")
@@ -74,49 +41,85 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.optimized_metric)
 
 
-# Hydra reads `report=false` as a boolean, but report is a config group (its options are names):
-# the natural spelling means report=none.
-REPORT_OFF = {"report=false", "report=off", "report=no"}
+@contextlib.contextmanager
+def job_resources(cfg: DictConfig) -> Iterator[DictConfig]:
+    """What the launcher gives this job: a submitit job's share of the cores (``torch_threads``), and one GPU
+    of a multi-GPU machine for each of the joblib launcher's parallel jobs (claimed while the job runs)."""
+    from sft.devices import claimed_gpu, gpu_count, launcher_cpus, parallel_sweep_dir, wants_one_gpu
+
+    cfg = cfg.copy()
+    threads = launcher_cpus()
+    if threads and not cfg.get("torch_threads"):
+        cfg.torch_threads = threads
+    sweep_dir = parallel_sweep_dir()
+    if sweep_dir is None or not wants_one_gpu(cfg.trainer):
+        yield cfg
+        return
+    import torch
+
+    visible = torch.cuda.device_count()
+    if visible <= 1:
+        yield cfg
+        return
+    with claimed_gpu(sweep_dir / ".gpu_locks", min(gpu_count(), visible)) as index:  # not every job on GPU 0
+        logging.getLogger("sft").info("This job trains on GPU %d (claimed in %s).", index, sweep_dir / ".gpu_locks")
+        with open_dict(cfg):
+            cfg.trainer.devices = [index]
+            cfg.trainer.accelerator = "gpu"
+        yield cfg
 
 
-# Hydra plugins sft's presets use, by a word in the option's name or its defaults list -> (module, pip package).
-PLUGINS = {
-    "optuna": ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
-    "submitit": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher"),
-    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+# The configs Hydra plugins bring -> their pip package (Hydra's "Could not find" names the config, not the package).
+PLUGIN_CONFIGS = {
+    "hydra/sweeper/optuna": "hydra-optuna-sweeper",
+    "hydra/launcher/submitit_slurm": "hydra-submitit-launcher",
+    "hydra/launcher/submitit_local": "hydra-submitit-launcher",
+    "hydra/launcher/joblib": "hydra-joblib-launcher",
 }
-PLUGIN_GROUPS = ("hydra/launcher", "hydra/sweeper", "hparams_search")
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def missing_plugin(argv: list[str]) -> str | None:
-    """An error naming the pip package when the command line picks a launcher / sweeper that is not installed
-    (Hydra itself would only say the config option does not exist)."""
+    """An error naming the pip package when the command line picks a launcher / sweeper whose Hydra plugin is not
+    installed: the config groups of the command line are composed, and Hydra's own "Could not find" error for a
+    plugin's config is turned into the package to install."""
+    from hydra.errors import MissingConfigException
+
+    groups = [arg for arg in argv if not arg.startswith("-") and "=" in arg and "," not in arg
+              and Path(CONFIG_DIR, arg.lstrip("+~").partition("=")[0]).is_dir()]
+    chosen = [arg for arg in groups if arg.lstrip("+~").startswith(("hydra/", "hparams_search"))]
+    if not chosen:
+        return None
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            compose("config", overrides=groups, return_hydra_config=True)
+    except MissingConfigException as e:
+        for config, package in PLUGIN_CONFIGS.items():
+            if f"'{config}'" in str(e):
+                hydra_says = str(e).splitlines()[0].rstrip(".")
+                return (f"{' '.join(chosen)} needs the Hydra plugin {package}, which is not installed (Hydra: "
+                        f"{hydra_says}). Install it with `pip install {package}` (or every sweep plugin: "
+                        "`pip install -e '.[sweep]'` in the sft checkout).")
+    except Exception:  # anything else: Hydra reports it itself when the run composes
+        return None
+    return None
+
+
+def boolean_group_choice(argv: list[str]) -> str | None:
+    """Hydra reads ``report=false`` as a boolean and fails deep inside its defaults list: name the options."""
     for arg in argv:
-        group, _, value = arg.lstrip("+").partition("=")
-        if group not in PLUGIN_GROUPS:
-            continue
-        for option in value.split(","):
-            preset = Path(CONFIG_DIR, group, f"{option}.yaml")
-            text = option + (preset.read_text(encoding="utf-8") if preset.is_file() else "")
-            for word, (module, package) in PLUGINS.items():
-                if word in text and not _importable(module):
-                    return (f"{group}={option} needs the Hydra plugin {package}, which is not installed. Install it "
-                            f"with `pip install {package}` (or every sweep plugin: `pip install -e '.[sweep]'` in the sft checkout).")
+        group, _, value = arg.lstrip("+~").partition("=")
+        folder = Path(CONFIG_DIR, group)
+        if value.lower() in ("true", "false", "yes", "no", "on", "off") and folder.is_dir():
+            options = sorted(p.stem for p in folder.glob("*.yaml"))
+            return (f"{arg}: {group} is a config group, so choose one of its options ({', '.join(options)})"
+                    + (f"; {group}=none turns it off." if "none" in options else "."))
     return None
 
 
 def cli() -> None:
-    sys.argv = ["report=none" if arg.lower() in REPORT_OFF else arg for arg in sys.argv]
-    problem = missing_plugin(sys.argv[1:])
+    problem = boolean_group_choice(sys.argv[1:]) or missing_plugin(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)

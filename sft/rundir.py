@@ -74,3 +74,21 @@ def write_metrics(output_dir: Path, metrics: dict[str, float]) -> Path:
     path = output_dir / "metrics.json"
     path.write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
     return path
+
+
+# The files that mark a folder as what it is. Every entry point that reads a run folder asks these.
+RUN_MARKERS = ("config.yaml", "run.json")
+EXPORT_MARKERS = ("config.json", "model.json")  # text (save_pretrained) / image export folders
+CALIBRATION_FILE = "calibration.json"  # the fitted temperature, beside the export (sft.predict --calibrated)
+
+
+def run_dir_of(path: Path) -> Path | None:
+    """The run folder ``path`` is, or is inside (its export/, a checkpoint in checkpoints/)."""
+    for candidate in (path, path.parent, path.parent.parent):
+        if all((candidate / marker).is_file() for marker in RUN_MARKERS):
+            return candidate
+    return None
+
+
+def is_export_dir(folder: Path) -> bool:
+    return any((folder / marker).is_file() for marker in EXPORT_MARKERS)

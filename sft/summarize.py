@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.errors import ConfigError, DataError, SftError
+from sft.report.figures import mpl_text  # a `$` in an override value would otherwise start mathtext
 from sft.report.stability import PREFERRED_ORDER, SKIPPED_PREFIXES, metric_stats, natural_key, read_metrics
 from sft.rundir import metric_mode
 
@@ -313,10 +314,6 @@ def write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]])
 
 
 # ---------------------------------------------------------------------- the figure
-def _mpl_text(text: str) -> str:
-    return text.replace("$", r"\$")  # a `$` in an override value would otherwise start matplotlib mathtext
-
-
 def plot(summary: dict[str, Any], path: Path) -> None:
     """summary.png: per configuration (one line each), the metric of each finished job as a dot and the
     mean ± std as a bar; the best run starred. Built on a Figure of its own: no pyplot, no global backend."""
@@ -327,7 +324,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(8, 1.6 + 0.5 * max(len(groups), 1)), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     if not groups:
-        ax.text(0.5, 0.5, _mpl_text(f"No finished job has {metric}"), ha="center", va="center", fontsize=12)
+        ax.text(0.5, 0.5, mpl_text(f"No finished job has {metric}"), ha="center", va="center", fontsize=12)
         ax.set_axis_off()
     positions: dict[Any, tuple[float, float]] = {}  # job -> where its dot is drawn
     for y, group in enumerate(groups):
@@ -349,12 +346,12 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.scatter([best_x], [best_y], marker="*", s=160, color="tab:red", zorder=5,
                    label=f"best: job {best['job']}")
     if groups:
-        ax.set_yticks(range(len(groups)), labels=[_mpl_text(textwrap.fill(g["configuration"], 45)) for g in groups])
+        ax.set_yticks(range(len(groups)), labels=[mpl_text(textwrap.fill(g["configuration"], 45)) for g in groups])
         ax.set_ylim(len(groups) - 0.5, -0.5)  # first configuration on top, as in the tables
-        ax.set_xlabel(_mpl_text(metric))
+        ax.set_xlabel(mpl_text(metric))
         ax.grid(axis="x", alpha=0.3)
         ax.legend(fontsize="small", loc="best")
-    ax.set_title(_mpl_text(f"{metric} per configuration ({summary['mode']} is best)"))
+    ax.set_title(mpl_text(f"{metric} per configuration ({summary['mode']} is best)"))
     fig.savefig(path, dpi=100, facecolor="white")
 
 

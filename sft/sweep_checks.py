@@ -4,7 +4,7 @@ Optuna ranges are valid.
 Without this, a typo in a swept key (``optimizer.lrr=1e-5,3e-5``) fails inside every job, and under the Optuna
 sweeper (failed trials allowed) the search runs to the end recording nothing but failures. Each swept value is
 composed once, with the sweep's fixed overrides and the first value of every other swept key, exactly as a
-job would be, and passed through :func:`sft.checks.check_config`.
+job would be, and passed through :func:`sft.pipeline.checks.check_config`.
 
 :class:`SweepChecks` runs it as a Hydra callback at the start of every multirun (registered in
 ``conf/config.yaml``); it also registers sft's resumable Optuna sweeper (:mod:`sft.sweeper`) when the config
@@ -17,16 +17,12 @@ import logging
 import sys
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sft.errors import ConfigError, SftError
 
 log = logging.getLogger(__name__)
-
-try:  # a plain class when Hydra is absent, so the module still imports
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover
-    _HydraCallback = object
 
 
 def _parse(overrides: list[str]) -> list[Any]:
@@ -112,7 +108,7 @@ def check_sweep(config: DictConfig) -> int:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    from sft.checks import check_config
+    from sft.pipeline.checks import check_config
 
     check_ranks_in_sweep(config, config)
     fixed, sweeps = swept(config)
@@ -143,7 +139,7 @@ def check_sweep(config: DictConfig) -> int:
     return checked
 
 
-class SweepChecks(_HydraCallback):
+class SweepChecks(Callback):
     """Hydra callback: :func:`check_sweep` before the first job; a bad sweep exits with code 2 and one message."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

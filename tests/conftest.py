@@ -58,7 +58,7 @@ def compose_cfg():
     """compose(overrides) -> DictConfig, through the real Hydra config search path of sft.run."""
     from hydra import compose, initialize_config_dir
 
-    from sft.run import CONFIG_DIR
+    from sft.config import CONFIG_DIR
 
     def _compose(*overrides: str):
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

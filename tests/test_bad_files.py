@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from sft.config import instantiate as build
 from sft.data.sources import Glue, TextFiles, read_table
 from sft.errors import ConfigError, DataError
-from sft.train import build, train
+from sft.pipeline.train import train
 
 
 def rows(n: int = 30) -> list[tuple[str, str]]:

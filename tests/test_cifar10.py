@@ -129,7 +129,7 @@ def test_cifar10_config_trains_and_evaluates(compose_cfg, tmp_path):
     import json
 
     from sft.eval import evaluate
-    from sft.train import train
+    from sft.pipeline.train import train
 
     out = tmp_path / "run"
     cfg = compose_cfg("model=resnet18", "model.weights=none", "data=cifar10", f"data.path={CIFAR_DIR}",

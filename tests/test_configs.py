@@ -7,12 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft.run import CONFIG_DIR
-from sft.train import build, train
+from sft.config import CONFIG_DIR
+from sft.config import instantiate as build
+from sft.pipeline.build import build_datamodule
+from sft.pipeline.checks import check_config
+from sft.pipeline.train import train
 from tests.conftest import FAST
 
-GROUPS = ["model", "data", "optimizer", "scheduler", "freeze", "trainer", "logger", "callbacks", "report", "experiment",
-          "debug", "hparams_search", "hydra/launcher"]
+# Every config group in conf/ (a new group is picked up here, and must get its own instantiation test below).
+GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name != "hydra") + ["hydra/launcher"]
 
 
 def options(group: str) -> list[str]:
@@ -31,9 +34,13 @@ def glue_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def test_every_group_has_options():
+def test_every_group_has_options_and_an_instantiation_test():
+    tested = {name.removeprefix("test_").removesuffix("_options") for name in globals()
+              if name.startswith("test_") and name.endswith("_options")}
     for group in GROUPS:
         assert options(group), f"conf/{group}/ is empty"
+    untested = set(GROUPS) - tested - {"experiment", "debug", "hparams_search", "hydra/launcher"}  # composed below
+    assert not untested, f"config groups without a test_<group>_options: {sorted(untested)}"
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -43,7 +50,8 @@ def test_every_option_composes(compose_cfg, group):
         if group == "experiment" and option in IMAGE_EXPERIMENTS:
             extra = []
         cfg = compose_cfg(f"{group}={option}", "output_dir=/tmp/x", *extra)
-        assert cfg.seed is not None and "trainer" in cfg, (group, option)
+        if group != "hydra/launcher":  # the launcher lives in the hydra node, which compose leaves out
+            check_config(cfg)  # every shipped option passes sft's own checks (found: freeze=sklearn left no freeze)
 
 
 IMAGE_MODELS = {"efficientnet_lite0", "resnet18", "resnet50", "efficientnet_b0", "vit_b_16"}
@@ -113,9 +121,9 @@ def test_data_options(compose_cfg, minilm_path, glue_dir, image_dir, cifar_npz, 
     if option in IMAGE_DATA:
         from sft.models.vision import preprocess_for
 
-        dm = build(cfg.data, preprocess=preprocess_for("efficientnet_lite0"), seed=0)
+        dm = build_datamodule(cfg.data, preprocess=preprocess_for("efficientnet_lite0"), seed=0)
     else:
-        dm = build(cfg.data, tokenizer=minilm_path, seed=0)
+        dm = build_datamodule(cfg.data, tokenizer=minilm_path, seed=0)
     dm.prepare_data()
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -166,18 +174,53 @@ def test_freeze_options(compose_cfg, tiny_bert, option):
 
     cfg = compose_cfg(f"freeze={option}", "output_dir=/tmp/x")
     model = build(cfg.model, _partial_=True)(name_or_path=tiny_bert, num_labels=2,
-                                             freeze=OmegaConf.to_container(cfg.freeze))
+                                             freeze=OmegaConf.to_container(cfg.freeze, resolve=True))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if option == "none":
         assert trainable == {n for n, _ in model.named_parameters()}
         return
     # backbone: the classifier only; bottom_k (k=2 of the tiny BERT's 2 layers) and gradual (at its start):
     # pooler + classifier, the head group above the blocks.
-    allowed = ("model.classifier.",) if option == "backbone" else ("model.classifier.", "model.bert.pooler.")
+    allowed = ("model.classifier.",) if option in ("backbone", "sklearn") else ("model.classifier.", "model.bert.pooler.")
     assert trainable and all(n.startswith(allowed) for n in trainable), sorted(trainable)
     model.train()
     layers = model.model.bert.encoder.layer
     assert not any(m.training for layer in layers for m in layer.modules()) and model.model.classifier.training  # frozen: no dropout
+
+
+@pytest.mark.parametrize("option", options("probe"))
+def test_probe_options(compose_cfg, option):
+    from sft.pipeline.build import build_estimator
+    from sft.probes.sklearn_head import check_estimator
+
+    cfg = compose_cfg(f"probe={option}", "output_dir=/tmp/x")
+    check_config(cfg)
+    probe = cfg.probe
+    if option == "none":
+        assert not probe.get("cache_features") and probe.get("estimator") is None and cfg.freeze.strategy == "none"
+        return
+    assert probe.cache_features and cfg.freeze.strategy == "backbone"  # a probe freezes the whole backbone
+    assert cfg.optimizer.lr == pytest.approx(1e-3)  # and trains its head at the probe learning rate
+    if option == "sklearn":
+        estimator = check_estimator(build_estimator(probe.estimator))
+        assert type(estimator).__name__ == "LogisticRegression" and estimator.max_iter == 2000
+
+
+@pytest.mark.parametrize("option", options("report"))
+def test_report_options(compose_cfg, option):
+    from sft.config import plain
+    from sft.pipeline.build import report_settings
+    from sft.report.registry import SECTIONS, check_report_settings
+
+    cfg = compose_cfg(f"report={option}", "output_dir=/tmp/x")
+    settings = report_settings(cfg)
+    if option == "none":
+        assert settings is None and "enabled" not in cfg.report  # report=none is the one way off
+        return
+    check_report_settings(settings)
+    assert settings["sections"] and set(settings["sections"]) <= set(SECTIONS)
+    assert report_settings(compose_cfg(f"report={option}", "test=false", "output_dir=/tmp/x")) is None  # no test split
+    assert plain(cfg.report) == settings
 
 
 @pytest.mark.parametrize("option", options("trainer"))
@@ -252,7 +295,7 @@ def test_logger_options(compose_cfg, option, tmp_path):
 
 @pytest.mark.parametrize("option", options("callbacks"))
 def test_callbacks_options(compose_cfg, option, tmp_path):
-    from sft.train import _instantiate_all
+    from sft.config import instantiate_all as _instantiate_all
 
     cfg = compose_cfg(f"callbacks={option}", f"output_dir={tmp_path}")
     callbacks = _instantiate_all(cfg.callbacks)

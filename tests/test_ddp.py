@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft.train import train
+from sft.pipeline.train import train
 from tests.conftest import FAST
 from tests.test_cli import python
 

@@ -10,9 +10,10 @@ import pytest
 from sft.errors import ConfigError, DataError
 from sft.eval import evaluate
 from sft.eval import main as eval_main
+from sft.inference import load_model
+from sft.pipeline.train import train
 from sft.predict import main as predict_main
-from sft.predict import predict_rows
-from sft.train import train
+from sft.predict import predict_with
 
 
 @pytest.fixture(scope="module", params=["bf16", "fp32"])
@@ -84,9 +85,10 @@ def test_eval_bad_inputs(run_dir, tmp_path, capsys):
 def test_predictions_keep_input_order(run_dir):
     # Texts of very different lengths: predict_proba batches them by length internally.
     texts = ["ok"] + [f"{'really ' * (i % 17)}good film number {i}" for i in range(70)] + ["bad"]
-    rows = predict_rows(str(run_dir), texts, batch_size=8)
+    model, inputs = load_model(run_dir)
+    rows = predict_with(model, inputs, texts, batch_size=8)
     assert [r["text"] for r in rows] == texts
-    singles = [predict_rows(str(run_dir), [t])[0] for t in texts[::9]]
+    singles = [predict_with(model, inputs, [t])[0] for t in texts[::9]]
     for single, row in zip(singles, rows[::9], strict=True):
         assert single["prob_positive"] == pytest.approx(row["prob_positive"], abs=1e-5)
         assert single["label"] == row["label"]

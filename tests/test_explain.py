@@ -31,7 +31,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def text_run(compose_cfg, tiny_bert, tmp_path_factory) -> tuple[Path, dict[str, float]]:
-    from sft.train import train
+    from sft.pipeline.train import train
 
     out = tmp_path_factory.mktemp("report_run") / "run"
     cfg = compose_cfg(f"model.name_or_path={tiny_bert}", f"output_dir={out}", *FAST, "trainer.max_epochs=2",
@@ -108,10 +108,11 @@ def test_explain_overrides_apply_on_top_of_the_runs_report_settings(text_run, tm
 
 
 def test_a_failing_section_is_skipped_with_its_reason_and_the_rest_is_kept(text_run, monkeypatch):
-    from sft.eval import data_config
-    from sft.explain import SECTIONS, build_context, run_sections
+    from sft.config import data_config
+    from sft.config import instantiate as build
     from sft.inference import label_names, load_model
-    from sft.train import build
+    from sft.report.make import build_context, run_sections
+    from sft.report.registry import SECTIONS
 
     run_dir, _ = text_run
     model, inputs = load_model(run_dir)
@@ -160,7 +161,7 @@ def test_predict_calibrated_without_a_fitted_temperature_says_how_to_get_one(tex
 
 def test_stability_over_a_seed_sweep(compose_cfg, tiny_bert, tmp_path):
     from sft.explain import main
-    from sft.train import train
+    from sft.pipeline.train import train
 
     sweep = tmp_path / "sweep"
     results = {}
@@ -190,25 +191,28 @@ def test_stability_over_a_seed_sweep(compose_cfg, tiny_bert, tmp_path):
 ])
 def test_bad_report_settings_fail_before_any_work(tiny_cfg, override, message):
     from sft.errors import ConfigError
-    from sft.train import train
+    from sft.pipeline.train import train
 
     with pytest.raises(ConfigError, match=message):
         train(tiny_cfg("report=default", override))
     assert not (Path(tiny_cfg().output_dir) / "run.json").exists()
 
 
-def test_report_false_on_the_command_line_turns_it_off(tmp_path):
+def test_report_none_is_the_one_way_off_and_report_false_names_it(tmp_path, tiny_cfg):
+    from sft.pipeline.train import train
     from tests.test_cli import python
 
     out = python(["-m", "sft.run", "--cfg", "job", "report=false"], cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "enabled: false" in out.stdout
-    out = python(["-m", "sft.run", "--cfg", "job"], cwd=tmp_path)
-    assert "enabled: true" in out.stdout
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "report is a config group" in out.stderr and "report=none turns it off" in out.stderr
+    metrics = train(tiny_cfg("report=none"))
+    run_dir = Path(tiny_cfg().output_dir)
+    assert not (run_dir / "report.html").exists() and "test/ece" not in metrics
+    assert (run_dir / "metrics.json").is_file()
 
 
 def test_image_run_report_has_grad_cam_heatmaps(compose_cfg, image_root, tmp_path):
-    from sft.train import train
+    from sft.pipeline.train import train
 
     out = tmp_path / "run"
     train(compose_cfg("model=resnet18", "model.weights=none", "data=imagefolder", f"data.path={image_root}",
@@ -233,11 +237,11 @@ def test_image_run_report_has_grad_cam_heatmaps(compose_cfg, image_root, tmp_pat
 
 
 def test_sklearn_head_run_reports_the_estimators_predictions(tiny_cfg):
-    """freeze=sklearn with a linear head: the report runs on the model carrying the estimator's head, so its
+    """probe=sklearn with a linear head: the report runs on the model carrying the estimator's head, so its
     accuracy is the estimator's (computed by sklearn in the run)."""
-    from sft.train import train
+    from sft.pipeline.train import train
 
-    metrics = train(tiny_cfg("freeze=sklearn", "report=fast"))
+    metrics = train(tiny_cfg("probe=sklearn", "report=fast"))
     run_dir = Path(tiny_cfg().output_dir)
     perf = json.loads((run_dir / "report.json").read_text())["sections"]["performance"]
     assert perf["accuracy"] == pytest.approx(metrics["test/acc"], abs=1e-6)

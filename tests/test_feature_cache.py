@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sft.errors import ConfigError
-from sft.finetune.feature_cache import cache_key, cached_features
 from sft.models.classifier import TextClassifier
 from sft.models.vision import ImageClassifier
+from sft.probes.feature_cache import cache_key, cached_features
 from tests.conftest import FAST
 from tests.test_freeze import _tiny_hf
 
@@ -61,24 +61,26 @@ def test_cache_is_reused_and_keyed_on_weights_and_data(tiny_bert, tmp_path):
 
 
 def test_cache_features_needs_a_frozen_backbone(tiny_cfg):
-    from sft.train import train
+    from sft.pipeline.train import train
 
-    with pytest.raises(ConfigError, match="freeze.cache_features=true needs the whole backbone frozen"):
-        train(tiny_cfg("freeze=bottom_k", "freeze.k=1", "+freeze.cache_features=true"))
+    with pytest.raises(ConfigError, match="not freeze=bottom_k: drop the freeze option"):
+        train(tiny_cfg("freeze=bottom_k", "freeze.k=1", "+probe.cache_features=true"))
+    with pytest.raises(ConfigError, match="freeze.cache_features moved to probe.cache_features"):
+        train(tiny_cfg("freeze=backbone", "+freeze.cache_features=true"))
 
 
 def test_cached_probe_trains_like_the_uncached_one(compose_cfg, image_root, tmp_path):
     """A frozen random ResNet on red vs blue images: both probes separate the colours, the cached one from
     features computed once; the export is the full model with the trained head."""
     from sft.eval import evaluate
-    from sft.train import train
+    from sft.pipeline.train import train
 
     results = {}
     for cached in (False, True):
         out = tmp_path / f"cached_{cached}"
         cfg = compose_cfg("model=resnet18", "model.weights=none", "data=imagefolder", f"data.path={image_root}",
-                          "data.batch_size=8", "data.image_size=32", "data.augment=false", "freeze=backbone",
-                          f"freeze.cache_features={str(cached).lower()}", f"output_dir={out}", *FAST,
+                          "data.batch_size=8", "data.image_size=32", "data.augment=false",
+                          "probe=cached" if cached else "freeze=backbone", f"output_dir={out}", *FAST,
                           "trainer.max_epochs=4", "optimizer.lr=1e-2", "seed=1")
         results[cached] = train(cfg)
         # The exported full model (backbone + trained head) scores what the run reported.

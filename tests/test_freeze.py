@@ -81,7 +81,7 @@ def test_unknown_architecture_and_too_deep_k_are_clear_errors(tiny_bert):
 
 
 def test_compose_rejects_bad_freeze_settings_before_any_work(tiny_cfg):
-    from sft.train import train
+    from sft.pipeline.train import train
 
     with pytest.raises(ConfigError, match="freeze.k=-1"):
         train(tiny_cfg("freeze=bottom_k", "freeze.k=-1"))
@@ -102,8 +102,8 @@ def test_layerwise_lr_decay_and_head_lr(tiny_bert):
 
 
 def test_onecycle_keeps_the_ratio_between_groups(tiny_bert, compose_cfg):
+    from sft.config import instantiate as build
     from sft.optim import build_optimizer, build_scheduler
-    from sft.train import build
 
     model = TextClassifier(tiny_bert, num_labels=2, freeze={"strategy": "gradual", "milestones": [1],
                                                             "lr_decay": 0.5})
@@ -170,7 +170,7 @@ def test_strategies_on_resnet_keep_frozen_batchnorm(image_root, freeze, expected
 
 @pytest.mark.parametrize("scheduler", ["linear", "onecycle"])
 def test_gradual_runs_through_warmup_and_onecycle(tiny_cfg, scheduler):
-    from sft.train import train
+    from sft.pipeline.train import train
 
     metrics = train(tiny_cfg("freeze=gradual", "freeze.milestones=[1]", "freeze.lr_decay=0.8",
                              f"scheduler={scheduler}", "trainer.max_epochs=2", "data.train_size=96", "export=false"))
@@ -221,7 +221,7 @@ def test_resume_mid_gradual_matches_uninterrupted(gradual_reference, tmp_path):
 def test_linear_probe_with_default_settings_learns(compose_cfg, image_root, tmp_path):
     """freeze=backbone and nothing else: the head gets a probe's learning rate, not the 5e-5 meant for fine-tuning
     a pretrained network (which left the hymenoptera probe at 0.54 after 2 epochs)."""
-    from sft.train import train
+    from sft.pipeline.train import train
     from tests.conftest import FAST
 
     cfg = compose_cfg("model=efficientnet_lite0", "data=imagefolder", f"data.path={image_root}",  # pretrained, offline
@@ -234,7 +234,8 @@ def test_linear_probe_with_default_settings_learns(compose_cfg, image_root, tmp_
 
 @pytest.mark.parametrize("overrides, lr", [
     (["freeze=backbone"], 1e-3),
-    (["freeze=backbone", "freeze.cache_features=true"], 1e-3),
+    (["probe=cached"], 1e-3),
+    (["probe=sklearn", "optimizer=sgd"], 1e-2),
     (["freeze=backbone", "optimizer=sgd"], 1e-2),
     (["freeze=backbone", "optimizer.lr=0.05"], 0.05),          # the command line wins
     (["experiment=lite0_hymenoptera", "freeze=backbone"], 3e-4),  # so does an experiment's own lr

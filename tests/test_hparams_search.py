@@ -109,7 +109,7 @@ def multirun_config():
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from sft.run import CONFIG_DIR
+    from sft.config import CONFIG_DIR
 
     def _load(*overrides: str):
         loader = GlobalHydra.instance().config_loader()

@@ -14,7 +14,7 @@ needs_hymenoptera = pytest.mark.skipif(
 
 
 def run(compose_cfg, tmp_path, *overrides: str) -> dict[str, float]:
-    from sft.train import train
+    from sft.pipeline.train import train
 
     cfg = compose_cfg("experiment=lite0_hymenoptera", f"data.path={HYMENOPTERA}", f"output_dir={tmp_path / 'run'}",
                       *FAST, *overrides)
@@ -26,7 +26,7 @@ def run(compose_cfg, tmp_path, *overrides: str) -> dict[str, float]:
 def test_linear_probe_with_the_defaults_reaches_090(compose_cfg, tmp_path):
     """The user's command, nothing tuned: `model=efficientnet_lite0 data=imagefolder data.path=... freeze=backbone
     trainer.max_epochs=2` (the fine-tuning lr 5e-5 used to leave it at 0.536)."""
-    from sft.train import train
+    from sft.pipeline.train import train
 
     cfg = compose_cfg("model=efficientnet_lite0", "data=imagefolder", f"data.path={HYMENOPTERA}", "freeze=backbone",
                       f"output_dir={tmp_path / 'run'}", *FAST, "trainer.max_epochs=2")

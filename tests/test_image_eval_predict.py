@@ -21,7 +21,7 @@ from tests.conftest import FAST
 @pytest.fixture(scope="module", params=["bf16", "fp32"])
 def image_run(request, compose_cfg, image_root, tmp_path_factory) -> tuple[Path, dict[str, float]]:
     """A finished image run on each precision path (bf16 detection forced on and off)."""
-    from sft.train import train
+    from sft.pipeline.train import train
     from tests.conftest import CPU_PRECISION, cpu_bf16
 
     out = tmp_path_factory.mktemp(f"image_run_{request.param}") / "run"

@@ -120,21 +120,21 @@ def test_slurm_preset_writes_the_sbatch_script_lightning_requeue_needs(tmp_path)
 
 
 def test_resume_prefers_the_newer_of_last_ckpt_and_lightnings_slurm_requeue_checkpoint(compose_cfg, tmp_path):
-    from sft.train import resume_checkpoint
+    from sft.pipeline.fit import resume_checkpoint
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     cfg = compose_cfg(f"output_dir={run}")
-    assert resume_checkpoint(cfg, run) is None
+    assert resume_checkpoint(cfg.ckpt_path, cfg.resume, run) is None
     last = run / "checkpoints" / "last.ckpt"
     last.write_bytes(b"x")
-    assert resume_checkpoint(cfg, run) == str(last)
+    assert resume_checkpoint(cfg.ckpt_path, cfg.resume, run) == str(last)
     for n, age in ((1, 50), (2, 10), (10, 20)):  # hpc_ckpt_10 is the latest save by number, not by name order
         path = run / f"hpc_ckpt_{n}.ckpt"
         path.write_bytes(b"x")
         os.utime(path, (time.time() - age, time.time() - age))
     os.utime(last, (time.time() - 100, time.time() - 100))
-    assert resume_checkpoint(cfg, run) == str(run / "hpc_ckpt_10.ckpt")  # saved at the USR1 signal: newer
+    assert resume_checkpoint(cfg.ckpt_path, cfg.resume, run) == str(run / "hpc_ckpt_10.ckpt")  # saved at the USR1 signal: newer
     os.utime(last, None)
-    assert resume_checkpoint(cfg, run) == str(last)  # a last.ckpt written after the requeue wins
-    assert resume_checkpoint(compose_cfg(f"output_dir={run}", "resume=false"), run) is None
+    assert resume_checkpoint(cfg.ckpt_path, cfg.resume, run) == str(last)  # a last.ckpt written after the requeue wins
+    assert resume_checkpoint(None, compose_cfg(f"output_dir={run}", "resume=false").resume, run) is None

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from sft.errors import ConfigError
+from sft.inference import split_outputs
 from sft.report import attribution, faithfulness
 from sft.report.attribution import (
     image_attribution_maps,
@@ -22,7 +23,7 @@ from sft.report.attribution import (
     select_examples,
     text_attributions,
 )
-from sft.report.context import ReportContext, collect_outputs
+from sft.report.context import ReportContext
 from sft.report.faithfulness import image_faithfulness
 
 KEY = "great"
@@ -102,7 +103,7 @@ def text_ctx(key_model, tiny_bert: str, tmp_path: Path) -> ReportContext:
     dm.setup()
     assert dm.splits.label_names == ["absent", "present"]
     return ReportContext(model=model, datamodule=dm, label_names=dm.splits.label_names,
-                         test=collect_outputs(model, dm, "test"), seed=0)
+                         test=split_outputs(model, dm, "test"), seed=0)
 
 
 class RedTopLeft(nn.Module):
@@ -403,7 +404,7 @@ def test_image_sections_on_an_image_folder(image_root):
     dm.setup()
     model = ImageClassifier("resnet18", weights=None, num_labels=2).eval()
     ctx = ReportContext(model=model, datamodule=dm, label_names=dm.splits.label_names,
-                        test=collect_outputs(model, dm, "test"), seed=0)
+                        test=split_outputs(model, dm, "test"), seed=0)
     result = attribution.section(ctx, {"examples": 1})
     assert result["modality"] == "image" and result["method"] == "grad_cam" and 1 <= len(result["examples"]) <= 3
     for example in result["examples"]:

@@ -15,8 +15,10 @@ from sklearn import metrics as skm
 from torchmetrics.classification import MulticlassCalibrationError
 
 from sft.errors import ConfigError
+from sft.inference import Outputs
+from sft.metrics import split_metrics
 from sft.report import calibration as cal
-from sft.report.context import ReportContext, SplitOutputs
+from sft.report.context import ReportContext
 from sft.report.performance import performance
 from sft.report.performance import section as performance_section
 
@@ -45,7 +47,7 @@ def numpy_nll(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(logsumexp(logits, axis=1) - logits[np.arange(len(labels)), labels]))
 
 
-def context(test: SplitOutputs, val: SplitOutputs | None = None, train_labels: torch.Tensor | None = None,
+def context(test: Outputs, val: Outputs | None = None, train_labels: torch.Tensor | None = None,
             label_names: list[str] | None = None) -> ReportContext:
     names = label_names or [f"class{i}" for i in range(test.logits.shape[1])]
     # These two sections only read logits and labels: no model or data module is needed.
@@ -166,7 +168,7 @@ def test_temperature_undetermined_inputs_raise_a_clear_error(logits, labels, why
 def test_calibration_section_fits_on_val_and_scores_on_test():
     val_logits, val_labels = calibrated_logits(1500, 3, seed=4)
     test_logits, test_labels = calibrated_logits(1500, 3, seed=5)
-    ctx = context(SplitOutputs(4.0 * test_logits, test_labels), val=SplitOutputs(4.0 * val_logits, val_labels))
+    ctx = context(Outputs(4.0 * test_logits, test_labels), val=Outputs(4.0 * val_logits, val_labels))
     result = cal.section(ctx, {"n_bins": 10})
     assert {"n_bins", "before", "after", "temperature", "fit"} <= set(result)
     assert result["n_bins"] == 10 and len(result["before"]["bins"]) == 10
@@ -184,7 +186,7 @@ def test_calibration_section_fits_on_val_and_scores_on_test():
 
 def test_calibration_section_flags_an_in_sample_after_when_val_is_the_evaluated_split():
     logits, labels = calibrated_logits(600, 3, seed=6)
-    outputs = SplitOutputs(4.0 * logits, labels)
+    outputs = Outputs(4.0 * logits, labels)
     ctx = context(outputs, val=outputs)
     ctx.val_is_evaluated = True  # e.g. an image folder without test/: the evaluated split is val itself
     result = cal.section(ctx, {})
@@ -195,11 +197,11 @@ def test_calibration_section_flags_an_in_sample_after_when_val_is_the_evaluated_
 
 def test_calibration_section_without_val_and_with_an_unusable_val():
     logits, labels = calibrated_logits(50, 2, seed=6)
-    no_val = cal.section(context(SplitOutputs(logits, labels)), None)
+    no_val = cal.section(context(Outputs(logits, labels)), None)
     assert no_val["n_bins"] == 15  # the default when the setting is missing
     assert no_val["after"] is None and no_val["temperature"] is None and no_val["fit"] is None
-    perfect_val = SplitOutputs(torch.tensor([[4.0, 0.0], [0.0, 4.0]]), torch.tensor([0, 1]))
-    unusable = cal.section(context(SplitOutputs(logits, labels), val=perfect_val), {})
+    perfect_val = Outputs(torch.tensor([[4.0, 0.0], [0.0, 4.0]]), torch.tensor([0, 1]))
+    unusable = cal.section(context(Outputs(logits, labels), val=perfect_val), {})
     assert unusable["after"] is None and unusable["temperature"] is None
     assert unusable["fit"]["n"] == 2 and unusable["fit"]["converged"] is False and "T -> 0" in unusable["note"]
 
@@ -208,7 +210,7 @@ def test_calibration_section_without_val_and_with_an_unusable_val():
 def test_bad_n_bins_names_the_setting(bad):
     logits, labels = calibrated_logits(20, 2, seed=7)
     with pytest.raises(ConfigError, match=r"report\.calibration\.n_bins"):
-        cal.section(context(SplitOutputs(logits, labels)), {"n_bins": bad})
+        cal.section(context(Outputs(logits, labels)), {"n_bins": bad})
 
 
 # ------------------------------------------------------------------------------------------------ performance
@@ -231,7 +233,11 @@ def test_performance_matches_sklearn_including_never_predicted_and_absent_classe
     assert [row["support"] for row in result["per_class"]] == support.tolist()
     assert result["confusion_matrix"] == skm.confusion_matrix(y, p, labels=classes).tolist()
     assert result["accuracy"] == pytest.approx(skm.accuracy_score(y, p))
-    assert result["macro_f1"] == pytest.approx(skm.f1_score(y, p, labels=classes, average="macro", zero_division=0))
+    # Macro F1 as metrics.json's test/f1 (sft.metrics, torchmetrics): over the classes that occur in the labels
+    # or the predictions (sklearn's default); class 4, absent from both, has no F1 to average.
+    assert result["macro_f1"] == pytest.approx(skm.f1_score(y, p, average="macro", zero_division=0))
+    assert result["macro_f1"] == pytest.approx(split_metrics(torch.nn.functional.one_hot(preds, 5).float(), labels,
+                                                             "test")["test/f1"])
     assert result["n"] == 300 and result["per_class"][3]["precision"] == 0.0
 
 
@@ -252,7 +258,7 @@ def test_majority_baseline_uses_the_train_labels():
 def test_performance_section_reads_the_test_logits():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.5, 0.0]])  # argmax: 0, 1, 0, 0
     labels = torch.tensor([0, 1, 1, 1])
-    ctx = context(SplitOutputs(logits, labels), train_labels=torch.tensor([1, 1, 0]), label_names=["neg", "pos"])
+    ctx = context(Outputs(logits, labels), train_labels=torch.tensor([1, 1, 0]), label_names=["neg", "pos"])
     result = performance_section(ctx, {})
     assert set(result) >= {"n", "labels", "accuracy", "macro_f1", "per_class", "confusion_matrix",
                            "majority_baseline"}

@@ -16,7 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sft.report.html import render, write
+from sft.errors import ConfigError
+from sft.report import registry
+from sft.report.page import render, write
 
 PNG_URI = re.compile(r'<img[^>]*\bsrc="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 LABELS = ["negative", "positive"]
@@ -396,6 +398,65 @@ def test_rendering_leaves_matplotlib_state_alone() -> None:
     assert matplotlib.get_backend() == backend
     assert plt.get_fignums() == figures
     assert matplotlib.rcParams["font.size"] == font_size
+
+
+# A new section in one module: its settings check, title, help and HTML (its ``section(ctx, settings)``, the
+# work, is left out: neither the page nor the settings check calls it).
+WORDCOUNT_MODULE = '''
+from sft.errors import ConfigError
+from sft.report.htmlparts import esc, how, table
+
+TITLE = "Word <counts>"
+HOW = """How often the {top} most common words occur
+    in the test texts."""
+
+
+def check_settings(settings):
+    if settings.get("top", 10) < 1:
+        raise ConfigError("report.wordcount.top must be at least 1")
+    return settings
+
+
+def render(data):
+    rows = [[esc(word), str(count)] for word, count in data["counts"].items()]
+    return how(HOW, top=str(data["top"])) + table(["word", "count"], rows)
+'''
+
+
+def section_ids(page: str) -> list[str]:
+    return re.findall(r'<section id="([^"]+)">', page)
+
+
+def test_a_new_section_is_one_module_and_one_registry_line(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "wordcount_section.py").write_text(WORDCOUNT_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    wordcount = {"top": 2, "counts": {"<b>great</b>": 3, "film": 1}}
+    rep = report({"stability": stability(), "wordcount": wordcount, "performance": performance()})
+    # Not registered: shown as JSON under its bare name, after the known sections.
+    unknown = render(rep)
+    assert section_ids(unknown) == ["performance", "stability", "wordcount", "timings"]
+    assert '<section id="wordcount"><h2>wordcount<' in unknown and "&quot;film&quot;: 1" in unknown
+    with pytest.raises(ConfigError, match="unknown section"):
+        registry.check_report_settings({"sections": ["wordcount"]})
+
+    monkeypatch.setitem(registry.SECTIONS, "wordcount", "wordcount_section")  # the one registry line
+    page = render(rep)
+    # Registry order: the run's sections (performance ... representation, wordcount), then stability.
+    assert section_ids(page) == ["performance", "wordcount", "stability", "timings"]
+    body = section_html(page, "wordcount")
+    assert body.startswith('<h2>Word &lt;counts&gt;<span class="timing">0.25 s</span></h2>')
+    assert '<p class="how">How often the 2 most common words occur in the test texts.</p>' in body
+    assert "<td class=\"l\">&lt;b&gt;great&lt;/b&gt;</td><td>3</td>" in body and "&quot;" not in body
+    assert '<a href="#wordcount">Word &lt;counts&gt;</a>' in page
+    skipped = render(report({"performance": performance()}, skipped={"wordcount": "no texts"}))
+    assert '<span class="skip">Word &lt;counts&gt; (skipped)</span>' in skipped
+    # The same line makes it a report.sections choice, its settings checked before any work.
+    registry.check_report_settings({"sections": ["performance", "wordcount"], "wordcount": {"top": 3}})
+    with pytest.raises(ConfigError, match="at least 1"):
+        registry.check_report_settings({"sections": ["wordcount"], "wordcount": {"top": 0}})
+    # Stability is shown by the page but made from a multirun folder: never a report.sections choice.
+    with pytest.raises(ConfigError, match="unknown section"):
+        registry.check_report_settings({"sections": ["stability"]})
 
 
 def _strip_private(value):

@@ -17,10 +17,11 @@ from sft.data.image_sources import ImageFolderSource
 from sft.data.sources import TextSplits
 from sft.data.text import TextDataModule
 from sft.errors import ConfigError
+from sft.inference import split_outputs
 from sft.models.classifier import TextClassifier
 from sft.models.vision import ImageClassifier
 from sft.report import representation, robustness
-from sft.report.context import ReportContext, collect_outputs
+from sft.report.context import ReportContext
 from sft.report.robustness import token_dropout, typos
 
 GOOD = ["a wonderful warm and funny film", "great acting and a lovely story", "i loved every minute of it",
@@ -54,7 +55,7 @@ def text_ctx(tiny_bert: str) -> ReportContext:
         loss.backward()
         optimizer.step()
     model.eval()
-    return ReportContext(model=model, datamodule=dm, label_names=dm.label_names, test=collect_outputs(model, dm, "test"),
+    return ReportContext(model=model, datamodule=dm, label_names=dm.label_names, test=split_outputs(model, dm, "test"),
                          seed=3)
 
 
@@ -64,7 +65,7 @@ def image_ctx(image_root) -> ReportContext:
     dm.setup("test")
     torch.manual_seed(0)
     model = ImageClassifier("resnet18", num_labels=2, id2label=dm.id2label).eval()
-    return ReportContext(model=model, datamodule=dm, label_names=dm.label_names, test=collect_outputs(model, dm, "test"),
+    return ReportContext(model=model, datamodule=dm, label_names=dm.label_names, test=split_outputs(model, dm, "test"),
                          seed=5)
 
 

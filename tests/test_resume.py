@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from sft.errors import ConfigError
-from sft.train import train
+from sft.pipeline.train import train
 from tests.conftest import REPO
 
 SLURM = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "sft-test", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",

@@ -1,4 +1,4 @@
-"""freeze=sklearn: a scikit-learn classifier over cached frozen features, in a normal run folder."""
+"""probe=sklearn: a scikit-learn classifier over cached frozen features, in a normal run folder."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ def test_linear_head_is_exported_inside_the_model(tiny_cfg, tmp_path):
     from sklearn.metrics import accuracy_score
 
     from sft.eval import evaluate
-    from sft.train import train
+    from sft.pipeline.train import train
 
-    metrics = train(tiny_cfg("freeze=sklearn"))
+    metrics = train(tiny_cfg("probe=sklearn"))
     run = tmp_path / "run"
     assert json.loads((run / "metrics.json").read_text()) == pytest.approx(metrics)
     head = json.loads((run / "export" / "sklearn_head.json").read_text())
@@ -30,9 +30,9 @@ def test_linear_head_is_exported_inside_the_model(tiny_cfg, tmp_path):
     # Independent: sklearn's own accuracy on the cached test features.
     import torch
 
-    from sft.finetune.feature_cache import default_cache_dir
+    from sft.cache import cache_dir
 
-    payloads = [torch.load(p, weights_only=True) for p in default_cache_dir().glob("*.pt")]
+    payloads = [torch.load(p, weights_only=True) for p in cache_dir("features").glob("*.pt")]
     coef, intercept = np.array(head["coef"]), np.array(head["intercept"])
     matches = [p for p in payloads if p["test"]["features"].shape[1] == coef.shape[1]]
     assert matches
@@ -42,43 +42,53 @@ def test_linear_head_is_exported_inside_the_model(tiny_cfg, tmp_path):
 
 
 def test_other_estimators_and_bad_settings(tiny_cfg, tmp_path):
-    from sft.train import train
+    from sft.pipeline.train import train
 
-    metrics = train(tiny_cfg("freeze=sklearn", "freeze.pooling=mean", "~freeze.estimator.max_iter",
-                             "freeze.estimator._target_=sklearn.neighbors.KNeighborsClassifier"))
+    metrics = train(tiny_cfg("probe=sklearn", "probe.pooling=mean", "~probe.estimator.max_iter",
+                             "probe.estimator._target_=sklearn.neighbors.KNeighborsClassifier"))
     assert 0 <= metrics["val/acc"] <= 1 and "test/f1" in metrics
     assert (tmp_path / "run" / "export" / "sklearn_head.joblib").is_file()
     with pytest.raises(ConfigError, match="has no predict_proba"):
-        train(tiny_cfg("freeze=sklearn", "freeze.estimator._target_=sklearn.svm.LinearSVC"))
-    with pytest.raises(ConfigError, match="freeze.pooling=mean only works with a scikit-learn head"):
-        train(tiny_cfg("freeze=backbone", "+freeze.pooling=mean"))
+        train(tiny_cfg("probe=sklearn", "probe.estimator._target_=sklearn.svm.LinearSVC"))
+    with pytest.raises(ConfigError, match="probe.pooling=mean only works with a scikit-learn head"):
+        train(tiny_cfg("freeze=backbone", "+probe.pooling=mean"))
 
 
 def test_mean_pooling_is_text_only(compose_cfg, image_root, tmp_path):
-    from sft.train import train
+    from sft.pipeline.train import train
 
     cfg = compose_cfg("model=resnet18", "model.weights=none", "data=imagefolder", f"data.path={image_root}",
-                      "data.image_size=32", "freeze=sklearn", "freeze.pooling=mean", f"output_dir={tmp_path}", *FAST)
-    with pytest.raises(ConfigError, match="freeze.pooling=mean is for text models"):
+                      "data.image_size=32", "probe=sklearn", "probe.pooling=mean", f"output_dir={tmp_path}", *FAST)
+    with pytest.raises(ConfigError, match="probe.pooling=mean is for text models"):
         train(cfg)
 
 
 @needs_sst2()
 @pytest.mark.slow
 def test_minilm_mean_features_with_logistic_regression_on_sst2(compose_cfg, tmp_path):
-    from sft.train import train
+    from sft.pipeline.train import train
 
-    cfg = compose_cfg("experiment=minilm_sst2_offline", f"data.path={SST2_DIR}", "freeze=sklearn",
-                      "freeze.pooling=mean", f"output_dir={tmp_path}", *FAST)
+    cfg = compose_cfg("experiment=minilm_sst2_offline", f"data.path={SST2_DIR}", "probe=sklearn",
+                      "probe.pooling=mean", f"output_dir={tmp_path}", *FAST)
     metrics = train(cfg)
     assert metrics["test/acc"] > 0.75, metrics  # test = the full SST-2 dev set (872 rows)
 
 
 def test_predict_on_a_mean_pooled_sklearn_run_says_why_not(tiny_cfg, tmp_path, capsys):
+    from sft.pipeline.train import train
     from sft.predict import main as predict_main
-    from sft.train import train
 
-    train(tiny_cfg("freeze=sklearn", "freeze.pooling=mean"))
+    train(tiny_cfg("probe=sklearn", "probe.pooling=mean"))
     assert (tmp_path / "run" / "export" / "sklearn_head.json").is_file()
     assert predict_main([str(tmp_path / "run"), "--input", "-"]) == 2
-    assert "freeze=sklearn run" in capsys.readouterr().err
+    assert "probe=sklearn run" in capsys.readouterr().err
+
+
+def test_the_earlier_freeze_sklearn_spelling_still_runs_and_its_moved_keys_name_the_new_ones(compose_cfg, tiny_cfg):
+    from sft.pipeline.checks import check_config
+
+    old, new = compose_cfg("freeze=sklearn", "output_dir=."), compose_cfg("probe=sklearn", "output_dir=.")
+    assert old.probe == new.probe and old.freeze.strategy == new.freeze.strategy == "backbone"
+    check_config(old)
+    with pytest.raises(ConfigError, match="freeze.pooling moved to probe.pooling"):
+        check_config(compose_cfg("freeze=sklearn", "freeze.pooling=mean", "output_dir=."))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sft.train import train
+from sft.pipeline.train import train
 from tests.conftest import FAST, SST2_DIR, needs_sst2
 
 

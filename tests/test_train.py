@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sft.train import train
+from sft.pipeline.train import train
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_max_steps_replaces_the_epoch_budget_and_validates_its_last_step(tiny_cf
                                       "trainer.val_check_interval=00:00:30:00", "trainer.limit_train_batches=0",
                                       "trainer.limit_train_batches=0.5", "+trainer.max_time=00:01:00:00"])
 def test_legitimate_trainer_settings_pass_the_checks(compose_cfg, override):
-    from sft.checks import check_config
+    from sft.pipeline.checks import check_config
 
     check_config(compose_cfg(override, "output_dir=.", "report=none"))
 

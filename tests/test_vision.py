@@ -88,7 +88,7 @@ def test_train_runs_an_image_config_end_to_end_and_exports(compose_cfg, image_ro
 
     import torchvision
 
-    from sft.train import train
+    from sft.pipeline.train import train
     from tests.conftest import FAST
 
     out = tmp_path / "run"
@@ -109,7 +109,7 @@ def test_train_runs_an_image_config_end_to_end_and_exports(compose_cfg, image_ro
 
 
 def test_text_model_on_image_data_is_a_clear_error(compose_cfg, image_root, tmp_path):
-    from sft.train import train
+    from sft.pipeline.train import train
 
     cfg = compose_cfg("data=imagefolder", f"data.path={image_root}", f"output_dir={tmp_path}")
     with pytest.raises(ConfigError, match="takes text data"):

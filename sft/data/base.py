@@ -66,9 +66,6 @@ class ClassificationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> Any:
         return self.eval_dataloader("test")
 
-    def predict_dataloader(self) -> Any:
-        return self.eval_dataloader("test")
-
     def state_dict(self) -> dict[str, Any]:
         trainer = self.trainer
         if trainer is None or trainer.state.fn != "fit":

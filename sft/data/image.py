@@ -72,10 +72,6 @@ class ImageDataModule(ClassificationDataModule):
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size!r} must be a positive integer.")
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(preprocess, DictConfig):  # passed through hydra.utils.instantiate
-            preprocess = OmegaConf.to_container(preprocess)
         self.source, self.preprocess = source, with_image_size(dict(preprocess), image_size)
         self.batch_size, self.augment, self.num_workers, self.seed = batch_size, augment, num_workers, seed
         self.eval_batch_size = eval_batch_size or batch_size

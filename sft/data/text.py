@@ -24,10 +24,6 @@ CACHE_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-def default_cache_dir() -> Path:
-    return sft_cache_dir("tokenized")
-
-
 class TokenizedSplit(Dataset):
     """Token ids of one split stored flat (ids + offsets): compact, fast to save and load."""
 
@@ -100,7 +96,7 @@ class TextDataModule(ClassificationDataModule):
         self.shots_per_class = shots_per_class
         self.group_by_length = group_by_length
         self.num_workers = num_workers
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir else sft_cache_dir("tokenized")
         self.seed = seed
         self.fixed_label_names = list(label_names) if label_names else None  # e.g. a trained model's order
         self.splits: TextSplits | None = None

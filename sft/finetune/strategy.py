@@ -19,6 +19,9 @@ from sft.finetune import FREEZE_STRATEGIES
 HEAD = "head"
 
 
+MOVED_TO_PROBE = {"cache_features": False, "estimator": None, "pooling": "head"}  # -> their defaults
+
+
 @dataclass(frozen=True)
 class FreezeSpec:
     """``freeze=`` config: strategy plus its options (see conf/freeze/)."""
@@ -29,9 +32,6 @@ class FreezeSpec:
     unit: str = "epoch"                        # gradual milestones count epochs or optimizer steps
     lr_decay: float = 1.0                      # layer-wise: lr * lr_decay ** depth_from_top
     head_lr: float | None = None               # the head's own learning rate (default: optimizer.lr)
-    cache_features: bool = False               # backbone: compute the frozen features once, train the head on them
-    estimator: Mapping[str, Any] | None = None  # backbone: a scikit-learn classifier (``_target_``) as the head
-    pooling: str = "head"                      # features: the head's input, or "mean" token states (text)
 
     @classmethod
     def parse(cls, value: str | Mapping[str, Any] | FreezeSpec | None) -> FreezeSpec:
@@ -43,6 +43,14 @@ class FreezeSpec:
             value = {"strategy": value}
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(value) - known)
+        # Probe options lived here before: their defaults (in older checkpoints' hyper-parameters) are dropped.
+        value = {k: v for k, v in value.items() if MOVED_TO_PROBE.get(k, object()) != v}
+        unknown = sorted(set(value) - known)
+        moved = [k for k in unknown if k in MOVED_TO_PROBE]
+        if moved:
+            raise ConfigError(f"freeze.{moved[0]} moved to probe.{moved[0]}: use probe=cached (cached features) or "
+                              f"probe=sklearn (a scikit-learn head) with freeze=backbone, e.g. `freeze=backbone "
+                              f"probe=sklearn probe.pooling=mean`.")
         if unknown:
             raise ConfigError(f"freeze.{unknown[0]} is not a freeze setting; known: {sorted(known)}.")
         data = dict(value)
@@ -71,17 +79,6 @@ class FreezeSpec:
             raise ConfigError(f"freeze.lr_decay={self.lr_decay!r} must be in (0, 1] (1 = the same lr everywhere).")
         if self.head_lr is not None and not (isinstance(self.head_lr, int | float) and self.head_lr > 0):
             raise ConfigError(f"freeze.head_lr={self.head_lr!r} must be a positive number, or null for optimizer.lr.")
-        if self.estimator is not None and (self.strategy != "backbone" or "_target_" not in self.estimator):
-            raise ConfigError("freeze.estimator needs freeze.strategy=backbone and a `_target_` (e.g. "
-                              "sklearn.linear_model.LogisticRegression); see conf/freeze/sklearn.yaml.")
-        if self.pooling not in ("head", "mean"):
-            raise ConfigError(f"freeze.pooling={self.pooling!r}: choose head (the head's input) or mean.")
-        if self.pooling == "mean" and self.estimator is None:
-            raise ConfigError("freeze.pooling=mean only works with a scikit-learn head (freeze=sklearn): the "
-                              "model's own head takes the features it was built for (freeze.pooling=head).")
-        if self.cache_features and self.strategy != "backbone":
-            raise ConfigError(f"freeze.cache_features=true needs the whole backbone frozen (freeze=backbone), not "
-                              f"freeze={self.strategy}: the features must not change during training.")
         if self.strategy == "backbone" and self.lr_decay != 1:
             raise ConfigError("freeze.lr_decay has no effect with freeze=backbone (only the head trains): drop it "
                               "or pick freeze=none / bottom_k / gradual.")
@@ -121,6 +118,4 @@ class FreezeSpec:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["milestones"] = list(self.milestones)
-        if self.estimator is not None:
-            data["estimator"] = dict(self.estimator)
         return data

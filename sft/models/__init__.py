@@ -2,7 +2,8 @@
 
 
 def __getattr__(name: str):
-    # Lazy, so composing configs (which names sft.models.TextClassifier) does not import torch.
+    # The `_target_` of run folders written before the configs named sft.models.classifier.TextClassifier;
+    # lazy, so importing sft.models does not import torch.
     if name == "TextClassifier":
         from sft.models.classifier import TextClassifier
 

@@ -9,32 +9,14 @@ from typing import Any
 import lightning as L
 import torch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
 
 from sft.errors import ConfigError, TrainingDiverged
 from sft.finetune.strategy import FreezeSpec
+from sft.metrics import stage_metrics
 from sft.models.backbones import load_sequence_classifier, resolve_name_or_path
 from sft.optim import build_optimizer, build_scheduler, check_optimizer
 
 log = logging.getLogger(__name__)
-
-
-def stage_metrics(num_labels: int, prefix: str) -> MetricCollection:
-    """Accuracy plus macro precision / recall / F1, keyed ``<stage>/acc`` etc."""
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_labels, average="micro"),
-            "precision": MulticlassPrecision(num_labels, average="macro"),
-            "recall": MulticlassRecall(num_labels, average="macro"),
-            "f1": MulticlassF1Score(num_labels, average="macro"),
-        },
-        prefix=f"{prefix}/",
-    )
 
 
 class _FeaturesCaptured(Exception):
@@ -252,9 +234,6 @@ class Classifier(L.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "test", self.test_metrics)
-
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.batch_logits(batch).float().softmax(-1)
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self) -> Any:

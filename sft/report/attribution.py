@@ -20,8 +20,10 @@ images (``report.attributions.image_method``):
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +33,8 @@ import torch
 from torch import nn
 
 from sft.errors import ConfigError
+from sft.report.figures import heatmap_figure
+from sft.report.htmlparts import box, esc, how, img, is_num, num, side_by_side, sig
 
 TEXT_METHODS = ("integrated_gradients", "occlusion", "lime", "kernel_shap")
 IMAGE_METHODS = ("grad_cam", "integrated_gradients", "occlusion")
@@ -472,3 +476,122 @@ def section(ctx: Any, settings: dict[str, Any]) -> dict[str, Any]:
     ctx.extras["attributions"] = shared  # faithfulness reuses the settings and these scores
     return {"method": method, "modality": modality, "notes": notes, "seconds": round(time.perf_counter() - start, 3),
             "examples": examples}
+
+
+# -------------------------------------------------------------------------------------------- page
+
+TITLE = "Attributions"
+HOW = """Which words drove each prediction. Each token's colour shows its signed
+    contribution to the predicted class: red pushes toward the prediction, blue against it; the stronger
+    the colour, the larger the contribution, relative to the strongest token of the same example (hover a
+    token for its value). Word pieces are joined back into words. For integrated gradients, delta is the
+    approximation error: small compared with the scores means they add up as they should. {legend}"""
+HOW_IMAGE = """Where the model looked. The heatmap over each image shows how much each region
+    pushed the model toward its prediction (bright = strongly); the plain image is beside it. A model
+    that is right for the right reasons lights up the object, not the background, borders or
+    watermarks."""  # HOW is for text runs
+KIND_TITLES = {
+    "confident_correct": "Most confident correct",
+    "confident_wrong": "Most confident wrong",
+    "least_confident": "Least confident",
+}
+# Token backgrounds: red = pushes toward the predicted class, blue = pushes away from it.
+POSITIVE_RGB = (220, 38, 38)
+NEGATIVE_RGB = (37, 99, 235)
+SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>", "<mask>")
+_BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")
+
+
+def render(data: dict[str, Any]) -> str:
+    modality = data.get("modality")
+    examples = data.get("examples") or []
+    notes = "".join(box("note", esc(note)) for note in data.get("notes") or [])
+    count = f"{len(examples)} example{'' if len(examples) == 1 else 's'}"
+    meta = (f'<p class="meta">method: <code>{esc(data.get("method"))}</code> · {count} · '
+            f"{num(data.get('seconds'), 2)} s</p>")
+    if modality == "image":
+        help_text = how(HOW_IMAGE)
+    else:
+        legend = (f'<span class="legend"><span style="background:{_rgba(POSITIVE_RGB, 0.6)}">toward the '
+                  f'prediction</span><span style="background:{_rgba(NEGATIVE_RGB, 0.6)}">against it</span>'
+                  "</span>")
+        help_text = how(HOW, legend=legend)
+    cards = [_example_card(example, modality) for example in examples] or [box("note", "No examples.")]
+    return help_text + meta + notes + "".join(cards)
+
+
+def _example_card(example: dict[str, Any], modality: Any) -> str:
+    label, pred, kind = example.get("label"), example.get("pred"), example.get("kind")
+    verdict = '<span class="right">correct</span>' if label == pred else '<span class="wrong">wrong</span>'
+    head = (f'<div class="head"><b>{esc(KIND_TITLES.get(kind, kind))}</b> · '
+            f"example #{num(example.get('index'))} · label <b>{esc(label)}</b> · "
+            f"predicted <b>{esc(pred)}</b> ({verdict}) · confidence {num(example.get('confidence'))}</div>")
+    body = _image_example(example) if modality == "image" else _text_example(example)
+    return f'<div class="card">{head}{body}</div>'
+
+
+def _rgba(rgb: tuple[int, int, int], alpha: float) -> str:
+    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha:.3f})"
+
+
+def _is_special(token: str) -> bool:
+    return (token.startswith("[") and token.endswith("]")) or token in SPECIAL_TOKENS
+
+
+def _text_example(example: dict[str, Any]) -> str:
+    tokens = [str(t) for t in example.get("tokens") or []]
+    scores = list(example.get("scores") or [])
+    scores += [None] * (len(tokens) - len(scores))
+    scale = max((abs(s) for s in scores if is_num(s)), default=0.0)
+    # SentencePiece/BPE mark word starts ("▁", "Ġ"); WordPiece marks continuations ("##").
+    word_start_marks = any(t.startswith(("▁", "Ġ")) for t in tokens)
+    pieces = []
+    for i, (token, score) in enumerate(zip(tokens, scores, strict=False)):
+        if token.startswith("##") and len(token) > 2:
+            text, space = token[2:], False
+        elif word_start_marks and not _is_special(token):
+            text, space = token.lstrip("▁Ġ") or token, token.startswith(("▁", "Ġ"))
+        else:
+            text, space = token, True
+        style = ""
+        if is_num(score) and scale > 0:
+            rgb = POSITIVE_RGB if score >= 0 else NEGATIVE_RGB
+            style = f' style="background:{_rgba(rgb, 0.85 * abs(score) / scale)}"'
+        value = f"{score:+.4f}" if is_num(score) else "no score"
+        css = "tok special" if _is_special(token) else "tok"
+        span = f'<span class="{css}"{style} title="{esc(token)}: {value}">{esc(text)}</span>'
+        pieces.append((" " if space and i > 0 else "") + span)
+    delta = example.get("delta")
+    # Significant digits, not decimals: a small model's scores can all be below 1e-4.
+    footer = (f'<div class="meta">strongest |score| {sig(scale)} · delta '
+              f"{'n/a' if delta is None else sig(delta)}</div>")
+    return f'<div class="tokens">{"".join(pieces)}</div>{footer}'
+
+
+def _decode_png(data: Any) -> tuple[str, Any] | None:
+    """(data URI, HxWx3 uint8 array) of a base64 PNG, or None when it is not one."""
+    import numpy as np
+    from PIL import Image
+
+    if not isinstance(data, str) or not data or not _BASE64.match(data):
+        return None
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (binascii.Error, OSError, ValueError):
+        return None
+    return "data:image/png;base64," + "".join(data.split()), pixels
+
+
+def _image_example(example: dict[str, Any]) -> str:
+    heatmap = example.get("heatmap")
+    image = _decode_png(example.get("_image_png"))
+    parts = []
+    if heatmap:
+        parts.append(img(heatmap_figure(heatmap, None if image is None else image[1]), "attribution heatmap"))
+    if image is not None:
+        caption = '<div class="meta">input as the model sees it</div>'
+        parts.append(img(image[0], "input image", "thumb") + caption)
+    elif not heatmap:
+        parts.append(box("note", "No heatmap or image stored for this example."))
+    return side_by_side(*parts)

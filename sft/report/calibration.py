@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from sft.errors import ConfigError, DataError
+from sft.report.figures import reliability_figure
+from sft.report.htmlparts import MISSING, box, esc, how, img, is_num, num, side_by_side, table
 
 DEFAULT_N_BINS = 15
 
@@ -262,3 +264,53 @@ def section(ctx: Any, settings: Mapping[str, Any] | None = None) -> dict:
         result["note"] = ("The temperature was fitted on these same examples (the validation split is the "
                           "evaluated split), so 'after' is optimistic: it is not evidence of better calibration.")
     return result
+
+
+# -------------------------------------------------------------------------------------------- page
+
+TITLE = "Calibration"
+HOW = """Calibration asks whether confidence means what it says: of the predictions made with
+    80 % confidence, about 80 % should be right. ECE is the average gap between confidence and accuracy
+    over {n_bins} confidence bins (lower is better, 0 is perfect); MCE the worst bin. NLL and Brier score
+    the probabilities themselves (lower is better). Temperature scaling divides the logits by one number
+    fitted on the validation split: it changes confidence, never the predicted class. In the reliability
+    diagram bars on the diagonal are perfectly calibrated, bars below it mean over-confidence; the small
+    histogram shows how many predictions fall in each bin."""
+
+
+def render(data: dict[str, Any]) -> str:
+    before, after = data.get("before") or {}, data.get("after")
+    metrics = [("ece", "ECE (expected calibration error)"), ("mce", "MCE (maximum calibration error)"),
+               ("nll", "NLL (negative log-likelihood)"), ("brier", "Brier score"), ("accuracy", "accuracy")]
+    if after:
+        rows = []
+        for key, label in metrics:
+            b, a = before.get(key), after.get(key)
+            change = f"{a - b:+.3f}" if is_num(a) and is_num(b) else MISSING
+            rows.append([esc(label), num(b), num(a), change])
+        scores = table(["metric", "before", "after scaling", "change"], rows)
+    else:
+        scores = table(["metric", "value"], [[esc(label), num(before.get(key))] for key, label in metrics])
+
+    fit, temperature = data.get("fit"), data.get("temperature")
+    fit_text = ""
+    if temperature is not None:
+        fit_text = f"<p>Temperature <b>{num(temperature, 3)}</b>"
+        if isinstance(fit, dict):
+            fit_text += (f", fitted on {esc(fit.get('split'))} ({num(fit.get('n'))} examples, "
+                         f"{num(fit.get('iterations'))} iterations, "
+                         f"converged: {num(fit.get('converged'))})")
+        fit_text += ".</p>"
+        if isinstance(fit, dict) and fit.get("converged") is False:
+            fit_text += box("warn", "The temperature fit did not converge: "
+                                    "treat the scaled numbers with care.")
+    if data.get("note"):
+        fit_text += box("warn" if data.get("after_in_sample") else "note", esc(data["note"]))
+    elif not after:
+        fit_text = box("note", "No temperature scaling: no validation outputs to fit it on.")
+
+    figure = ""
+    if before.get("bins"):
+        panels = [("before", before)] + ([("after temperature scaling", after)] if after else [])
+        figure = img(reliability_figure(panels), "reliability diagram")
+    return how(HOW, n_bins=num(data.get("n_bins"))) + side_by_side(scores + fit_text, figure)

@@ -8,41 +8,7 @@ from typing import Any
 
 import torch
 
-
-@dataclass
-class SplitOutputs:
-    """Logits and labels of one split, row i = example i of the split (the data module's order)."""
-
-    logits: torch.Tensor  # (N, C) float32
-    labels: torch.Tensor  # (N,) int64
-
-    @property
-    def probs(self) -> torch.Tensor:
-        return self.logits.softmax(-1)
-
-    @property
-    def preds(self) -> torch.Tensor:
-        return self.logits.argmax(-1)
-
-
-def collect_outputs(model: Any, datamodule: Any, split: str) -> SplitOutputs:
-    """``model.logits`` over a split, rows in split order. Text batches go by length (``ordered_dataloader``:
-    half the padding), and rows are put back in split order."""
-    ordered = hasattr(datamodule, "ordered_dataloader")
-    loader = datamodule.ordered_dataloader(split) if ordered else datamodule.eval_dataloader(split)
-    logits, labels = [], []
-    model.eval()
-    with torch.inference_mode():
-        for batch in loader:
-            batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            logits.append(model.logits(batch).float().cpu())
-            labels.append(batch["labels"].cpu())
-    logits_t, labels_t = torch.cat(logits), torch.cat(labels).long()
-    batches = getattr(loader, "batch_sampler", None)
-    if ordered and isinstance(batches, list):  # length-sorted: scatter back to split order
-        order = torch.tensor([i for batch in batches for i in batch])
-        logits_t[order], labels_t[order] = logits_t.clone(), labels_t.clone()
-    return SplitOutputs(logits_t, labels_t)
+from sft.inference import Outputs, chunks, outputs
 
 
 @dataclass
@@ -57,8 +23,8 @@ class ReportContext:
     model: Any  # sft Classifier, eval mode
     datamodule: Any
     label_names: list[str]
-    test: SplitOutputs
-    val: SplitOutputs | None = None
+    test: Outputs
+    val: Outputs | None = None
     train_labels: torch.Tensor | None = None
     pretrained: Callable[[], Any] | None = None  # builds the model before fine-tuning (same head size)
     seed: int = 0
@@ -102,10 +68,6 @@ class ReportContext:
     # ------------------------------------------------------------------ shared
     def logits_of(self, batch: dict[str, torch.Tensor], batch_size: int = 64) -> torch.Tensor:
         """Logits for an arbitrary batch dict (input_ids/attention_mask or pixel_values), chunked, no grad."""
-        n = len(next(iter(batch.values())))
-        out = []
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                chunk = {k: v[start : start + batch_size] for k, v in batch.items()}
-                out.append(self.model.logits(chunk).float().cpu())
-        return torch.cat(out) if out else torch.empty(0, len(self.label_names))
+        if not len(next(iter(batch.values()))):
+            return torch.empty(0, len(self.label_names))
+        return outputs(self.model, chunks(batch, batch_size)).logits

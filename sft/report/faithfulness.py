@@ -39,6 +39,8 @@ from sft.report.attribution import (
     text_probability_forward,
     text_scores_for,
 )
+from sft.report.figures import curves_figure
+from sft.report.htmlparts import MISSING, esc, how, img, is_num, num, side_by_side, table
 from sft.report.representation import sample_indices
 
 DEFAULTS: dict[str, Any] = {"examples": 16, "fractions": [0.1, 0.2, 0.5], "curve_points": 10, "random_repeats": 3}
@@ -335,3 +337,40 @@ def section(ctx: Any, settings: dict[str, Any]) -> dict[str, Any]:
     result["indices"] = indices
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result
+
+
+# -------------------------------------------------------------------------------------------- page
+
+TITLE = "Faithfulness of the attributions"
+HOW = """Do the attributions point at what the model really uses? Each test example is changed
+    by removing (deletion) or keeping only (insertion) the {unit}s ranked most important, and the model's
+    score for its original prediction is measured again; the same with {unit}s picked at random. Faithful
+    attributions make the score fall faster than random under deletion (lower area under the curve) and
+    rise faster under insertion (higher area). Comprehensiveness is the score drop when the top {unit}s
+    are removed (higher is better); sufficiency the drop when only they are kept (lower is better),
+    averaged over the fractions {fractions}."""
+
+
+def render(data: dict[str, Any]) -> str:
+    comp, suff = data.get("comprehensiveness") or {}, data.get("sufficiency") or {}
+
+    def score_row(name: str, scores: dict[str, Any], higher_is_better: bool) -> list[str]:
+        a, r = scores.get("attribution"), scores.get("random")
+        better = MISSING
+        if is_num(a) and is_num(r):
+            better = "yes" if (a > r if higher_is_better else a < r) else "no"
+        return [name, num(a), num(r), better]
+
+    scores = table(["score", "attribution", "random", "attribution better?"], [
+        score_row("comprehensiveness (higher is better)", comp, higher_is_better=True),
+        score_row("sufficiency (lower is better)", suff, higher_is_better=False),
+    ])
+    unit = str(data.get("unit") or "unit")
+    curves = [(name, data[name]) for name in ("deletion", "insertion") if isinstance(data.get(name), dict)]
+    figure = img(curves_figure(curves, unit), "deletion and insertion curves") if curves else ""
+    fractions = ", ".join(num(f, 2) for f in data.get("fractions") or [])
+    summary = data.get("verdict")
+    meta = (f'<p class="meta">method: <code>{esc(data.get("method"))}</code> · {num(data.get("n"))} '
+            f"examples · unit: {esc(unit)}</p>")
+    return (how(HOW, unit=esc(unit), fractions=fractions) + meta
+            + (f"<p><b>{esc(summary)}</b></p>" if summary else "") + side_by_side(scores, figure))

@@ -8,43 +8,16 @@ from typing import Any
 
 import torch
 
+from sft.metrics import accuracy_and_macro_f1, per_class
+from sft.report.figures import confusion_figure
+from sft.report.htmlparts import box, esc, how, img, is_num, num, side_by_side, table
+
 
 def _as_labels(values: Any, name: str, n_classes: int) -> torch.Tensor:
     values = torch.as_tensor(values).detach().cpu().long().reshape(-1)
     if len(values) and (values.min() < 0 or values.max() >= n_classes):
         raise ValueError(f"{name} must lie in [0, {n_classes}); got {int(values.min())}..{int(values.max())}")
     return values
-
-
-def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """Elementwise numerator / denominator, 0.0 where the denominator is 0 (sklearn's zero_division=0)."""
-    numerator, denominator = numerator.double(), denominator.double()
-    return torch.where(denominator > 0, numerator / denominator.clamp(min=1), torch.zeros_like(numerator))
-
-
-def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """(C, C) int64 counts; row = true class, column = predicted class."""
-    return torch.bincount(labels * n_classes + preds, minlength=n_classes * n_classes).view(n_classes, n_classes)
-
-
-def _scores(matrix: torch.Tensor) -> dict[str, torch.Tensor]:
-    true_positives = matrix.diagonal()
-    predicted = matrix.sum(dim=0)
-    support = matrix.sum(dim=1)
-    # F1 = 2TP / (2TP + FP + FN): the harmonic mean of P and R, and 0 (not NaN) when TP = 0.
-    return {
-        "precision": _ratio(true_positives, predicted),
-        "recall": _ratio(true_positives, support),
-        "f1": _ratio(2 * true_positives, predicted + support),
-        "support": support,
-    }
-
-
-def _accuracy_and_macro_f1(preds: torch.Tensor, labels: torch.Tensor, n_classes: int) -> tuple[float, float]:
-    n = len(labels)
-    accuracy = float(preds.eq(labels).sum()) / n if n else 0.0
-    # Macro F1 averages over every class in the label set, including classes absent from this split.
-    return accuracy, float(_scores(confusion_matrix(preds, labels, n_classes))["f1"].mean())
 
 
 def performance(preds: Any, labels: Any, label_names: Sequence[str], train_labels: Any | None = None) -> dict:
@@ -62,15 +35,14 @@ def performance(preds: Any, labels: Any, label_names: Sequence[str], train_label
     if preds.shape != labels.shape:
         raise ValueError(f"{len(preds)} predictions for {len(labels)} labels")
 
-    matrix = confusion_matrix(preds, labels, n_classes)
-    scores = _scores(matrix)
-    accuracy, macro_f1 = _accuracy_and_macro_f1(preds, labels, n_classes)
+    scores = per_class(preds, labels, n_classes)
+    accuracy, macro_f1 = accuracy_and_macro_f1(preds, labels, n_classes)
 
     train = _as_labels(train_labels, "train_labels", n_classes) if train_labels is not None else None
     source = "train" if train is not None and len(train) else "test"
     reference = train if source == "train" else labels
     majority = int(torch.bincount(reference, minlength=n_classes).argmax())
-    baseline_accuracy, baseline_f1 = _accuracy_and_macro_f1(torch.full_like(labels, majority), labels, n_classes)
+    baseline_accuracy, baseline_f1 = accuracy_and_macro_f1(torch.full_like(labels, majority), labels, n_classes)
 
     return {
         "n": int(len(labels)),
@@ -82,7 +54,7 @@ def performance(preds: Any, labels: Any, label_names: Sequence[str], train_label
              "f1": float(scores["f1"][i]), "support": int(scores["support"][i])}
             for i, name in enumerate(label_names)
         ],
-        "confusion_matrix": matrix.tolist(),
+        "confusion_matrix": scores["confusion_matrix"].tolist(),
         "majority_baseline": {"label": label_names[majority], "accuracy": baseline_accuracy,
                               "macro_f1": baseline_f1, "source": source},
     }
@@ -95,3 +67,35 @@ def section(ctx: Any, settings: Mapping[str, Any] | None = None) -> dict:
         raise ValueError(f"test logits have shape {tuple(ctx.test.logits.shape)} but there are {n_classes} "
                          f"labels {ctx.label_names}")
     return performance(ctx.test.preds, ctx.test.labels, ctx.label_names, ctx.train_labels)
+
+
+# -------------------------------------------------------------------------------------------- page
+
+TITLE = "Performance"
+HOW = """Results on {n} examples. Precision: of the examples predicted as a class, the share
+    that really are; recall: of the examples of a class, the share found; F1 combines both. The majority
+    baseline always predicts the most common training class: a useful model beats it clearly, on macro
+    F1 especially. In the confusion matrix rows are the true class, columns the prediction; numbers are
+    counts, colour is the share of the row (the diagonal is correct)."""
+
+
+def render(data: dict[str, Any]) -> str:
+    labels = [str(label) for label in data.get("labels") or []]
+    rows = [[esc(c.get("label")), num(c.get("precision")), num(c.get("recall")), num(c.get("f1")),
+             num(c.get("support"))] for c in data.get("per_class") or []]
+    class_table = table(["class", "precision", "recall", "F1", "support"], rows)
+
+    baseline = data.get("majority_baseline") or {}
+    compare = table(["", "accuracy", "macro F1"], [
+        ["model", num(data.get("accuracy")), num(data.get("macro_f1"))],
+        [f"majority baseline (always “{esc(baseline.get('label'))}”)", num(baseline.get("accuracy")),
+         num(baseline.get("macro_f1"))],
+    ])
+    acc, base_acc = data.get("accuracy"), baseline.get("accuracy")
+    warn = ""
+    if is_num(acc) and is_num(base_acc) and acc <= base_acc + 1e-9:
+        warn = box("warn", "The model is no more accurate than always predicting the majority class.")
+
+    matrix = data.get("confusion_matrix")
+    figure = img(confusion_figure(matrix, labels), "confusion matrix") if matrix else ""
+    return how(HOW, n=num(data.get("n"))) + warn + side_by_side(compare + class_table, figure)

@@ -9,9 +9,11 @@ import logging
 from typing import Any
 
 import numpy as np
-import torch
 
 from sft.errors import ConfigError
+from sft.inference import outputs
+from sft.report.figures import scatter_figure
+from sft.report.htmlparts import box, esc, how, img, num, table
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +50,15 @@ def extract_features(ctx: Any, model: Any, indices: list[int], split: str = "tes
     """(len(indices), D) float64 features: text = mean-pooled last hidden state, images = the head's
     input, flattened."""
     texts = ctx.texts(split) if model.modality == "text" else None
-    rows = []
-    with torch.inference_mode():
+
+    def batches() -> Any:
         for start in range(0, len(indices), CHUNK):
             chunk = indices[start : start + CHUNK]
-            if texts is not None:
-                features = model.mean_features(ctx.encode([texts[i] for i in chunk]))
-            else:
-                features = model.features({"pixel_values": ctx.pixels(chunk, split)})
-            rows.append(features.flatten(1).float().cpu().numpy())
-    return np.concatenate(rows).astype(np.float64)
+            yield ctx.encode([texts[i] for i in chunk]) if texts is not None else {"pixel_values": ctx.pixels(chunk, split)}
+
+    forward = model.mean_features if texts is not None else model.features
+    features = outputs(model, batches(), lambda batch: forward(batch).flatten(1), device=ctx.device).logits
+    return features.numpy().astype(np.float64)
 
 
 def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = KNN_K) -> float:
@@ -149,3 +150,29 @@ def section(ctx: Any, settings: dict[str, Any]) -> dict[str, Any]:
         notes.append(missing)
     return {"method": cfg["method"], "labels": list(ctx.label_names), "point_labels": [int(y) for y in labels],
             "indices": indices, "pretrained": pretrained, "fine_tuned": fine_tuned, "note": " ".join(notes)}
+
+
+# -------------------------------------------------------------------------------------------- page
+
+TITLE = "Representation"
+HOW = """The model's features of the test examples, projected to 2-D ({method}), one dot per
+    example coloured by its true label. Fine-tuning should pull the classes apart. Silhouette (-1 to 1)
+    measures how well separated the classes are and kNN accuracy how well neighbours agree on the label,
+    both in the full feature space, not only in this picture."""
+
+
+def render(data: dict[str, Any]) -> str:
+    labels = [str(label) for label in data.get("labels") or []]
+    point_labels = [int(i) for i in data.get("point_labels") or []]
+    kinds = (("pretrained", "pretrained"), ("fine_tuned", "fine-tuned"))
+    panels = [(title, data[key]) for key, title in kinds
+              if isinstance(data.get(key), dict) and data[key].get("points")]
+    figure = img(scatter_figure(panels, labels, point_labels), "feature scatter plots") if panels else ""
+    note = data.get("note")
+    if not note and data.get("pretrained") is None:
+        note = "No pretrained model to compare with."
+    rows = [[esc(title), num(rep.get("silhouette")), num(rep.get("knn_accuracy")),
+             " + ".join(num(v) for v in rep.get("explained_variance") or [])] for title, rep in panels]
+    scores = table(["features", "silhouette", "kNN accuracy", "explained variance (PC1 + PC2)"], rows)
+    return (how(HOW, method=esc(data.get("method")))
+            + (box("note", esc(note)) if note else "") + (scores if rows else "") + figure)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from sft.errors import ConfigError
+from sft.report.htmlparts import MISSING, esc, how, is_num, num, table
 
 DEFAULTS: dict[str, Any] = {"token_dropout": 0.1, "typo_rate": 0.05, "noise_std": 0.05, "blur_sigma": 1.0,
                             "repeats": 1}
@@ -231,3 +232,23 @@ def section(ctx: Any, settings: dict[str, Any]) -> dict[str, Any]:
     return {"seed": int(ctx.seed), "n": len(labels),
             "clean_accuracy": _fraction(ctx.test.preds == labels),
             "repeats": cfg["repeats"], "perturbations": perturbations}
+
+
+# -------------------------------------------------------------------------------------------- page
+
+TITLE = "Robustness"
+HOW = """How much small, meaning-preserving changes to the input matter, on {n} examples (seed
+    {seed}). Flip rate is the share of predictions that change under the perturbation; a robust model
+    keeps both its accuracy and its predictions."""
+
+
+def render(data: dict[str, Any]) -> str:
+    clean = data.get("clean_accuracy")
+    rows = [["clean (no perturbation)", MISSING, num(clean), MISSING, MISSING]]
+    for p in data.get("perturbations") or []:
+        acc = p.get("accuracy")
+        change = f"{acc - clean:+.3f}" if is_num(acc) and is_num(clean) else MISSING
+        rows.append([esc(p.get("name")), num(p.get("strength")), num(acc), change,
+                     num(p.get("flip_rate"))])
+    scores = table(["perturbation", "strength", "accuracy", "change vs clean", "flip rate"], rows)
+    return how(HOW, n=num(data.get("n")), seed=num(data.get("seed"))) + scores

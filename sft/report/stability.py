@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from sft.errors import ConfigError, DataError
+from sft.report.figures import runs_figure
+from sft.report.htmlparts import box, esc, how, img, is_num, num, side_by_side, table
 
 RUN_FILES = ("metrics.json", "config.yaml")
 SKIPPED_PREFIXES = ("params/", "fit/")  # sizes and timings: not outcomes that vary by seed
@@ -248,3 +250,52 @@ def stability(folder: str | Path, metric_keys: list[str] | None = None) -> dict[
             "degenerate_runs": sum(row["degenerate"] for row in rows),
             "agreement": agreed, "differs_only_in_seed": not differences, "differences": differences,
             "notes": notes}
+
+
+# -------------------------------------------------------------------------------------------- page
+
+TITLE = "Stability across runs"
+HOW = """The same training repeated over {n_runs} runs. The spread (std, min to max) says how much
+    a single run's number can be trusted; differences between models smaller than it are noise.
+    Agreement counts how often the runs predict the same class for the same example. A degenerate run
+    collapsed, e.g. to always predicting one class."""
+
+
+def render(data: dict[str, Any]) -> str:
+    runs = data.get("runs") or []
+    metric_names = sorted({name for run in runs for name in (run.get("metrics") or {})})
+    run_rows = [[esc(run.get("name")), num(run.get("seed")),
+                 *(num((run.get("metrics") or {}).get(m)) for m in metric_names),
+                 '<span class="wrong">yes</span>' if run.get("degenerate") else "no"] for run in runs]
+    run_table = table(["run", "seed", *metric_names, "degenerate"], run_rows)
+    summary_rows = [[esc(name), f"{num(s.get('mean'))} ± {num(s.get('std'))}", num(s.get("min")),
+                     num(s.get("max"))]
+                    for name, s in (data.get("metrics") or {}).items() if isinstance(s, dict)]
+    summary_table = table(["metric", "mean ± std", "min", "max"], summary_rows)
+
+    agreed = data.get("agreement")
+    if isinstance(agreed, dict):
+        agreement_text = (f"<p>Per-example agreement over {num(agreed.get('n_examples'))} test examples: "
+                          f"all runs predict the same class on <b>{num(agreed.get('all_agree'))}</b> of "
+                          f"them; two runs agree on <b>{num(agreed.get('pairwise_mean'))}</b> on "
+                          "average.</p>")
+    else:
+        agreement_text = box("note", "No per-example agreement: the runs have no comparable predictions.")
+    degenerate = data.get("degenerate_runs") or 0
+    degenerate_box = ""
+    if degenerate:
+        degenerate_box = box("warn", f"<b>{num(degenerate)}</b> run(s) are degenerate (marked in the runs "
+                                     "table): leave them out before trusting the mean.")
+    differences_box = ""
+    if data.get("differs_only_in_seed") is False:
+        items = "".join(f"<li>{esc(d)}</li>" for d in data.get("differences") or [])
+        differences_box = box("warn", "<b>These runs differ in more than the seed</b>, so the spread mixes "
+                                      f"seed noise with the effect of other settings:<ul>{items}</ul>")
+
+    accuracies = [((run.get("metrics") or {}).get("test/acc"), bool(run.get("degenerate"))) for run in runs]
+    accuracies = [(acc, bad) for acc, bad in accuracies if is_num(acc)]
+    figure = ""
+    if accuracies:
+        figure = img(runs_figure(accuracies, data.get("majority_baseline")), "test accuracy per run")
+    return (how(HOW, n_runs=num(data.get("n_runs"))) + differences_box + degenerate_box
+            + side_by_side(summary_table + agreement_text, figure) + "<h3>Runs</h3>" + run_table)

@@ -25,15 +25,13 @@ from sft.cache import atomic_save
 from sft.cache import cache_dir as sft_cache_dir
 from sft.data.base import ClassificationDataModule
 from sft.data.batching import eval_batches
+from sft.errors import ConfigError
+from sft.inference import outputs
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 2
-
-
-def default_cache_dir() -> Path:
-    return sft_cache_dir("features")
 
 
 def backbone_fingerprint(model: Any) -> str:
@@ -49,20 +47,11 @@ def cache_key(model: Any, datamodule: Any, pooling: str = "head") -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:24]
 
 
-@torch.inference_mode()
 def compute_features(model: Any, loader: DataLoader, device: torch.device,
                      pooling: str = "head") -> tuple[torch.Tensor, torch.Tensor]:
     """Features and labels in dataset order, whatever order the loader's batches visit the examples in."""
-    extract = model.features if pooling == "head" else model.mean_features
-    feats, labels = [], []
-    for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        feats.append(extract(batch).float().cpu())
-        labels.append(batch["labels"].cpu())
-    order = torch.tensor([i for indices in loader.batch_sampler for i in indices], dtype=torch.long)
-    features, targets = torch.cat(feats), torch.cat(labels)
-    features[order], targets[order] = features.clone(), targets.clone()
-    return features, targets
+    result = outputs(model, loader, model.features if pooling == "head" else model.mean_features, device=device)
+    return result.logits, result.labels
 
 
 def cached_features(model: Any, datamodule: Any, cache_dir: str | Path | None = None,
@@ -71,10 +60,8 @@ def cached_features(model: Any, datamodule: Any, cache_dir: str | Path | None = 
     datamodule.prepare_data()
     datamodule.setup("fit")
     if pooling == "mean" and not hasattr(model, "mean_features"):
-        from sft.errors import ConfigError
-
-        raise ConfigError(f"freeze.pooling=mean is for text models; {type(model).__name__} takes freeze.pooling=head.")
-    path = Path(cache_dir or default_cache_dir()) / f"{cache_key(model, datamodule, pooling)}.pt"
+        raise ConfigError(f"probe.pooling=mean is for text models; {type(model).__name__} takes probe.pooling=head.")
+    path = Path(cache_dir or sft_cache_dir("features")) / f"{cache_key(model, datamodule, pooling)}.pt"
     if path.is_file():
         log.info("Features from cache %s", path)
         payload = torch.load(path, weights_only=True)

@@ -47,14 +47,44 @@ def check_config(cfg: DictConfig) -> None:
     if strategy not in FREEZE_STRATEGIES:
         raise ConfigError(f"freeze.strategy={strategy!r}: choose one of {list(FREEZE_STRATEGIES)}.")
     FreezeSpec.parse(OmegaConf.to_container(cfg.freeze, resolve=True))  # k, milestones, lr_decay, head_lr
+    check_probe(cfg.get("probe"), cfg.freeze)
     if cfg.get("report") is not None:
-        from sft.explain import check_report_config  # imports the report sections (and torch)
+        from sft.report.registry import check_report_settings  # imports the report sections (and torch)
 
-        check_report_config(OmegaConf.to_container(cfg.report, resolve=True))
+        check_report_settings(OmegaConf.to_container(cfg.report, resolve=True))
     for key in ("data.train_size", "data.shots_per_class"):
         value = OmegaConf.select(cfg, key)
         if value is not None and (not _number(value) or value <= 0):
             raise ConfigError(f"{key}={value!r} must be a positive number.")
+
+
+POOLINGS = ("head", "mean")
+
+
+def check_probe(probe: DictConfig | None, freeze: DictConfig) -> None:
+    """``probe.*``: how a frozen backbone's head is trained (over cached features, or a scikit-learn estimator)."""
+    if not probe:
+        return
+    known = {"cache_features", "estimator", "pooling"}
+    unknown = sorted(set(probe) - known)
+    if unknown:
+        raise ConfigError(f"probe.{unknown[0]} is not a probe setting; known: {sorted(known)}.")
+    uses_probe = probe.get("cache_features") or probe.get("estimator") is not None
+    other = [key for key in ("k", "milestones") if freeze.get(key) is not None]
+    if uses_probe and (freeze.get("strategy") != "backbone" or other):
+        chosen = freeze.get("strategy") if freeze.get("strategy") != "backbone" else f"backbone with freeze.{other[0]}"
+        raise ConfigError(f"probe=cached / probe=sklearn train a head over the whole frozen backbone (freeze=backbone), "
+                          f"not freeze={chosen}: drop the freeze option (the probe sets freeze=backbone).")
+    estimator = probe.get("estimator")
+    if estimator is not None and (not isinstance(estimator, DictConfig) or "_target_" not in estimator):
+        raise ConfigError("probe.estimator needs a `_target_` (e.g. sklearn.linear_model.LogisticRegression); "
+                          "see conf/probe/sklearn.yaml.")
+    pooling = probe.get("pooling", "head")
+    if pooling not in POOLINGS:
+        raise ConfigError(f"probe.pooling={pooling!r}: choose head (the head's input) or mean.")
+    if pooling == "mean" and estimator is None:
+        raise ConfigError("probe.pooling=mean only works with a scikit-learn head (probe=sklearn): the "
+                          "model's own head takes the features it was built for (probe.pooling=head).")
 
 
 LIGHTNING_TRAINERS = ("lightning.Trainer", "lightning.pytorch.Trainer", "pytorch_lightning.Trainer")

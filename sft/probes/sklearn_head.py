@@ -1,4 +1,4 @@
-"""A scikit-learn classifier as the head over cached, frozen backbone features (``freeze=sklearn``).
+"""A scikit-learn classifier as the head over cached, frozen backbone features (``probe=sklearn``).
 
 The design documents' recipe: encode with the pretrained model, then fit a classical model. It runs in
 the same run folder with the same metric keys (``val/acc``, ``test/f1``, ``test/loss`` = NLL) as a
@@ -14,26 +14,23 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sft.errors import ConfigError
+from sft.metrics import split_metrics
+from sft.probes.feature_cache import cached_features
 
 log = logging.getLogger(__name__)
 
 
-def build_estimator(node: Any) -> Any:
-    from hydra.utils import instantiate
-
-    try:
-        estimator = instantiate(node)
-    except Exception as e:  # unknown class, bad argument
-        raise ConfigError(f"freeze.estimator could not be built ({type(e).__name__}: {e}).") from None
+def check_estimator(estimator: Any) -> Any:
     for method in ("fit", "predict_proba"):
         if not callable(getattr(estimator, method, None)):
-            raise ConfigError(f"freeze.estimator {type(estimator).__name__} has no {method}(): use a classifier with "
+            raise ConfigError(f"probe.estimator {type(estimator).__name__} has no {method}(): use a classifier with "
                               "probabilities (LogisticRegression, SVC(probability=True), RandomForestClassifier...).")
     return estimator
 
@@ -44,17 +41,6 @@ def probabilities(estimator: Any, features: torch.Tensor, num_labels: int) -> to
     out = torch.zeros(len(features), num_labels)
     out[:, torch.as_tensor(estimator.classes_, dtype=torch.long)] = proba
     return out
-
-
-def split_metrics(probs: torch.Tensor, labels: torch.Tensor, split: str, num_labels: int) -> dict[str, float]:
-    from sft.models.classifier import stage_metrics
-
-    metrics = stage_metrics(num_labels, split)
-    metrics.update(probs, labels)
-    result = {k: float(v) for k, v in metrics.compute().items()}
-    nll = -torch.log(probs[torch.arange(len(labels)), labels].clamp(min=1e-12)).mean()
-    result[f"{split}/loss"] = float(nll)
-    return result
 
 
 def linear_head_into_model(estimator: Any, model: Any, num_labels: int) -> bool:
@@ -93,13 +79,18 @@ def save_estimator(estimator: Any, out: Path, pooling: str, label_names: list[st
     return path
 
 
-def run_sklearn_head(cfg: Any, model: Any, datamodule: Any, output_dir: Path) -> dict[str, float]:
-    """Fit ``cfg.freeze.estimator`` on cached train features; metrics on val and test; export."""
-    from sft.finetune.feature_cache import cached_features
-    from sft.rundir import write_metrics
+@dataclass
+class HeadFit:
+    estimator: Any
+    metrics: dict[str, float]  # val/* (and test/*) with the same keys as a Lightning run, fit/*, params/*
+    in_model: bool  # the fitted linear head was written into the model: it alone reproduces the predictions
 
-    pooling = cfg.freeze.get("pooling", "head")
-    estimator = build_estimator(cfg.freeze.estimator)
+
+def fit_sklearn_head(estimator: Any, model: Any, datamodule: Any, pooling: str = "head",
+                     splits: tuple[str, ...] = ("val", "test")) -> HeadFit:
+    """Fit ``estimator`` on the cached train features of ``model``'s frozen backbone; metrics on ``splits``
+    (``<split>/loss`` is the NLL); a linear estimator over the head's input is copied into the model's head."""
+    check_estimator(estimator)
     features = cached_features(model, datamodule, pooling=pooling)
     num_labels = len(datamodule.label_names)
     x_train, y_train = features["train"]
@@ -108,29 +99,14 @@ def run_sklearn_head(cfg: Any, model: Any, datamodule: Any, output_dir: Path) ->
     fit_seconds = time.perf_counter() - started
     log.info("Fitted %s on %d x %d features in %.1f s", type(estimator).__name__, *x_train.shape, fit_seconds)
     metrics: dict[str, float] = {}
-    for split in ("val", "test") if cfg.get("test", True) else ("val",):
+    for split in splits:
         x, y = features[split]
-        metrics.update(split_metrics(probabilities(estimator, x, num_labels), y, split, num_labels))
+        log_probs = probabilities(estimator, x, num_labels).clamp(min=1e-12).log()
+        metrics.update(split_metrics(log_probs, y, split))
     metrics.update({"fit/seconds": fit_seconds, "fit/epochs": 1.0, "fit/global_step": 0.0})
     fitted = [getattr(estimator, a) for a in ("coef_", "intercept_") if hasattr(estimator, a)]
     metrics.update({"params/total": float(sum(p.numel() for p in model.backbone.parameters()) +
                                           sum(int(a.size) for a in fitted)),
                     "params/trainable": float(sum(int(a.size) for a in fitted))})
     in_model = pooling == "head" and linear_head_into_model(estimator, model, num_labels)
-    if cfg.get("export", True):
-        export_dir = output_dir / "export"
-        if in_model:
-            model.export(export_dir, datamodule)  # an ordinary export: the head now is the fitted estimator
-        save_estimator(estimator, export_dir, pooling, datamodule.label_names)
-    path = write_metrics(output_dir, metrics)
-    summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val/acc", "test/acc", "test/f1") if k in metrics)
-    log.info("Done: %s. Results in %s (metrics: %s)", summary, output_dir, path.name)
-    if cfg.get("test", True) and cfg.get("report") and cfg.report.get("enabled", True):
-        if in_model:  # the model now computes the estimator's probabilities: the usual report applies
-            from sft.train import report_and_record
-
-            metrics = report_and_record(cfg, model, datamodule, output_dir, metrics)
-        else:
-            log.warning("No report: the %s head reads %s-pooled features the model's own head does not take.",
-                        type(estimator).__name__, pooling)
-    return metrics
+    return HeadFit(estimator, metrics, in_model)

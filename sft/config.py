@@ -1,0 +1,112 @@
+"""The configuration layer: where sft's config folder is, the resolvers it uses, compose and instantiate.
+
+Hydra stays here and in the command-line edges; below the pipeline's ``build`` everything takes plain
+Python arguments. Importing this module registers the resolvers (``${metric_mode:...}`` etc.).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sft.errors import ConfigError, SftError
+from sft.rundir import metric_mode, run_dir_of
+
+
+def config_dir() -> str:
+    """conf/ ships inside the installed package (sft/conf); in a source checkout it is ../conf."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"sft's config folder was not found next to {here}; reinstall the package.")
+
+
+CONFIG_DIR = config_dir()
+
+# Learning rate of a linear probe (freeze=backbone: only a new head trains), per optimizer.
+PROBE_LR = {"torch.optim.AdamW": 1e-3, "torch.optim.Adam": 1e-3, "torch.optim.SGD": 1e-2}
+
+
+def probe_lr(optimizer_target: str) -> float:
+    return PROBE_LR.get(str(optimizer_target), 1e-3)
+
+
+def _gpu_count() -> int:
+    from sft.devices import gpu_count
+
+    return gpu_count()
+
+
+# ${metric_mode:val/loss} -> min (ModelCheckpoint, EarlyStopping); ${metric_direction:val/acc} -> maximize (Optuna).
+OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
+OmegaConf.register_new_resolver("metric_direction", lambda m: metric_mode(m) + "imize", replace=True)
+OmegaConf.register_new_resolver("probe_lr", probe_lr, replace=True)
+OmegaConf.register_new_resolver("gpu_count", _gpu_count, replace=True)  # hydra/launcher=gpu_pool
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The full config composed from sft's config folder, as ``sft.run`` would (outside a Hydra run)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=[*overrides, "output_dir=."])
+
+
+def data_config(model_path: Path, overrides: list[str]) -> DictConfig:
+    """The data node for a trained model: composed from overrides, else the run's saved config."""
+    run_dir = run_dir_of(model_path)
+    if not overrides and run_dir is not None:
+        return OmegaConf.load(run_dir / "config.yaml").data
+    if not overrides:
+        raise ConfigError(
+            f"{model_path} is not inside an sft run folder, so say which data to use, e.g. "
+            "`data=sst2 data.path=../shared/data/sst2`."
+        )
+    return compose_config(overrides).data
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but our own errors (and missing optional packages) surface unwrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, SftError):
+            raise cause from None
+        if isinstance(cause, ModuleNotFoundError | ImportError):
+            target = node.get("_target_") if isinstance(node, DictConfig) else node
+            # Named by its own package: `pip install 'sft[...]'` would fetch PyPI's sft, an unrelated project.
+            missing = missing_package(cause)
+            raise ConfigError(
+                f"{target} needs {missing}, which is not installed ({cause}). Install it with `pip install {missing}`."
+            ) from None
+        raise
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Every ``_target_`` node of a group (callbacks, loggers), in order."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def missing_package(error: ImportError) -> str:
+    """The package an ImportError is about: its module name, or the requirement Lightning's loggers name."""
+    if getattr(error, "name", None):
+        return str(error.name).split(".")[0]
+    found = re.search(r"Requirement '([A-Za-z0-9_.\-]+)", str(error))
+    return found.group(1) if found else "the missing package"
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain Python containers (resolved); anything else unchanged."""
+    from omegaconf import ListConfig
+
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node

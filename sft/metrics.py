@@ -1,0 +1,60 @@
+"""The one place outputs become metrics (torchmetrics): training's logged metrics, ``sft.eval``, the
+scikit-learn head and the report's performance section all call these, so their numbers agree by
+construction. Keys follow ``<split>/<name>`` (``val/acc``, ``test/f1``)."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+
+def stage_metrics(num_labels: int, prefix: str) -> MetricCollection:
+    """Accuracy plus macro precision / recall / F1, keyed ``<stage>/acc`` etc."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_labels, average="micro"),
+            "precision": MulticlassPrecision(num_labels, average="macro"),
+            "recall": MulticlassRecall(num_labels, average="macro"),
+            "f1": MulticlassF1Score(num_labels, average="macro"),
+        },
+        prefix=f"{prefix}/",
+    )
+
+
+def split_metrics(logits: torch.Tensor, labels: torch.Tensor, split: str) -> dict[str, float]:
+    """``stage_metrics`` plus the mean cross-entropy (``<split>/loss``) of one split.
+
+    ``logits`` may be log-probabilities (a scikit-learn head's ``log(predict_proba)``): the loss is then the NLL.
+    """
+    logits, labels = logits.float(), labels.long()
+    metrics = stage_metrics(logits.shape[-1], split)
+    metrics.update(logits, labels)
+    result = {k: float(v) for k, v in metrics.compute().items()}
+    result[f"{split}/loss"] = float(torch.nn.functional.cross_entropy(logits, labels)) if len(labels) else 0.0
+    return result
+
+
+def per_class(preds: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict[str, torch.Tensor]:
+    """Per-class precision / recall / F1 / support and the confusion matrix (row = true, column = predicted)."""
+    preds, labels = preds.long().reshape(-1), labels.long().reshape(-1)
+    scores = {name: metric(num_labels, average=None, zero_division=0)(preds, labels)
+              for name, metric in (("precision", MulticlassPrecision), ("recall", MulticlassRecall),
+                                   ("f1", MulticlassF1Score))}
+    matrix = MulticlassConfusionMatrix(num_labels)(preds, labels).long()
+    return {**scores, "support": matrix.sum(dim=1), "confusion_matrix": matrix}
+
+
+def accuracy_and_macro_f1(preds: torch.Tensor, labels: torch.Tensor, num_labels: int) -> tuple[float, float]:
+    """Accuracy and macro F1 exactly as ``stage_metrics`` computes ``acc`` and ``f1``."""
+    preds, labels = preds.long().reshape(-1), labels.long().reshape(-1)
+    if not len(labels):
+        return 0.0, 0.0
+    accuracy = float(MulticlassAccuracy(num_labels, average="micro")(preds, labels))
+    return accuracy, float(MulticlassF1Score(num_labels, average="macro")(preds, labels))

@@ -1,0 +1,123 @@
+"""Config -> objects: the data module, the model, the trainer (with sft's callbacks), the scikit-learn
+estimator, the pretrained-model builder for the report. The only code that turns config nodes into
+objects; everything it returns takes plain Python arguments."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sft.config import instantiate, instantiate_all, plain
+from sft.errors import ConfigError
+
+log = logging.getLogger("sft")
+
+
+def model_class_of(model_cfg: DictConfig) -> type:
+    from hydra.utils import get_class
+
+    return get_class(model_cfg["_target_"])
+
+
+def check_modality(cfg: DictConfig) -> None:
+    """The model and the data option are for the same kind of input (text / image)."""
+    modality = model_class_of(cfg.model).modality
+    data_target = str(cfg.data.get("_target_", ""))
+    if modality and f"sft.data.{modality}" not in data_target:
+        raise ConfigError(
+            f"model {cfg.model._target_} takes {modality} data but data is {data_target}: pick a "
+            f"{modality} data option (e.g. {'data=imagefolder' if modality == 'image' else 'data=sst2'})."
+        )
+
+
+def data_inputs(model_cfg: DictConfig) -> dict[str, Any]:
+    """What the model's data module needs from the model config (a tokenizer, an image preprocessing)."""
+    return model_class_of(model_cfg).data_inputs(plain(model_cfg))
+
+
+def build_datamodule(data_cfg: DictConfig, **kwargs: Any) -> Any:
+    """The data module of ``data_cfg``; ``kwargs``: the model's data inputs, a fixed label space, a seed."""
+    return instantiate(data_cfg, **kwargs, _convert_="all")
+
+
+def build_model(cfg: DictConfig, datamodule: Any) -> Any:
+    """The LightningModule for ``cfg.model``, sized to the data module's label space."""
+    return instantiate(cfg.model, _partial_=True)(
+        num_labels=len(datamodule.label_names),
+        id2label=datamodule.id2label,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        freeze=plain(cfg.freeze),
+        monitor=cfg.optimized_metric,
+    )
+
+
+def pretrained_builder(model_cfg: DictConfig, num_labels: int) -> Callable[[], Any]:
+    """A zero-argument callable building the model as it was before fine-tuning (same architecture)."""
+    def build_pretrained() -> Any:
+        return instantiate(model_cfg, _partial_=True)(num_labels=num_labels, id2label=None, optimizer=None,
+                                                      scheduler=None, freeze="none", monitor="val/acc").eval()
+
+    return build_pretrained
+
+
+def build_estimator(node: Any) -> Any:
+    """The scikit-learn classifier of ``probe.estimator``."""
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node)
+    except Exception as e:  # unknown class, bad argument
+        raise ConfigError(f"probe.estimator could not be built ({type(e).__name__}: {e}).") from None
+
+
+def build_trainer(trainer_cfg: DictConfig, output_dir: Path, callbacks: list[Any], loggers: list[Any],
+                  precision: str, **overrides: Any) -> Any:
+    """``lightning.Trainer`` of ``trainer_cfg`` with sft's own callbacks (ordered so last.ckpt is written
+    last) and an explicit precision."""
+    from lightning.pytorch.callbacks import Checkpoint
+
+    from sft.callbacks import DeferredRequeue, ValidateAtStepLimit, WorkerRanks, ordered_callbacks
+
+    # No checkpoint callback configured (callbacks=none) means none: not Lightning's implicit one.
+    if not any(isinstance(cb, Checkpoint) for cb in callbacks):
+        overrides.setdefault("enable_checkpointing", False)
+    own = [ValidateAtStepLimit(), DeferredRequeue(), WorkerRanks()]
+    return instantiate(trainer_cfg, callbacks=ordered_callbacks([*callbacks, *own]), logger=loggers or False,
+                       precision=precision, default_root_dir=str(output_dir), **overrides)
+
+
+def build_evaluator(trainer_cfg: DictConfig, output_dir: Path, loggers: list[Any], precision: str,
+                    **overrides: Any) -> Any:
+    """A Trainer for the final validate / test only (no checkpoints, no training callbacks)."""
+    from sft.callbacks import WorkerRanks
+
+    return instantiate(trainer_cfg, callbacks=[WorkerRanks()], logger=loggers or False, precision=precision,
+                       default_root_dir=str(output_dir), enable_checkpointing=False, **overrides)
+
+
+def callbacks_and_loggers(cfg: DictConfig) -> tuple[list[Any], list[Any]]:
+    return instantiate_all(cfg.get("callbacks")), instantiate_all(cfg.get("logger"))
+
+
+def report_settings(cfg: DictConfig) -> dict[str, Any] | None:
+    """The ``report`` node as plain settings; None when the report is off (``report=none``) or there is no test."""
+    from sft.report.registry import report_enabled
+
+    report = plain(cfg.get("report"))
+    return report if cfg.get("test", True) and report_enabled(report) else None
+
+
+def run_summary(cfg: DictConfig | dict[str, Any], split: str) -> dict[str, str]:
+    """What the report's header names: the model, the data and the split."""
+    model, data = cfg.get("model") or {}, cfg.get("data") or {}
+    return {"model": str(model.get("name_or_path") or model.get("arch") or model.get("_target_")),
+            "data": str(data.get("path") or data.get("_target_")), "split": str(split)}
+
+
+def saved_run_config(run_dir: Path) -> DictConfig:
+    return OmegaConf.load(run_dir / "config.yaml")

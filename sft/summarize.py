@@ -25,7 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sft.errors import ConfigError, DataError, SftError
+from hydra.experimental.callback import Callback
+
+from sft.errors import ConfigError, DataError, SftError, command_line
 from sft.report.figures import mpl_text  # a `$` in an override value would otherwise start mathtext
 from sft.report.stability import PREFERRED_ORDER, SKIPPED_PREFIXES, metric_stats, natural_key, read_metrics
 from sft.rundir import metric_mode
@@ -367,13 +369,7 @@ def write(sweep_dir: str | Path, metric: str | None = None, mode: str | None = N
     return text
 
 
-try:
-    from hydra.experimental.callback import Callback as _HydraCallback
-except ImportError:  # pragma: no cover - hydra is a dependency
-    _HydraCallback = object
-
-
-class SweepSummary(_HydraCallback):
+class SweepSummary(Callback):
     """Hydra callback: at the end of a multirun, write the summary into the sweep folder and print it.
 
     ``metric`` / ``mode`` as for :func:`summarize`. A summary that cannot be made (e.g. a metric no job
@@ -393,6 +389,7 @@ class SweepSummary(_HydraCallback):
         print(f"\n{text}", flush=True)
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sft.summarize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -401,11 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=MODES, help="whether larger or smaller is better (default: from the "
                         "sweeper's direction, else min for loss-like metrics and max otherwise)")
     args = parser.parse_args(argv)
-    try:
-        text = write(args.sweep, metric=args.metric, mode=args.mode)
-    except SftError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    text = write(args.sweep, metric=args.metric, mode=args.mode)
     print(text)
     print(f"Wrote {', '.join(FILES)} in {Path(args.sweep).expanduser()}", file=sys.stderr)
     return 0

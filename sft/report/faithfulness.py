@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from sft.errors import ConfigError, DataError
+from sft.inference import chunks, outputs
 from sft.report.attribution import (
     attribution_settings,
     check_method,
@@ -171,19 +173,12 @@ def verdict(method: str, unit: str, result: dict[str, Any]) -> str:
 def class_probabilities(model: Any, sequences: list[torch.Tensor], pad: int) -> torch.Tensor:
     """Class probabilities (N, C) of token id sequences of different lengths, batched by length (little
     padding)."""
-    device = next(model.parameters()).device
     forward = text_probability_forward(model)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    out = torch.empty(0, dtype=torch.float64)
-    with torch.inference_mode():
-        for start in range(0, len(order), TEXT_BATCH):
-            chunk = order[start : start + TEXT_BATCH]
-            ids, mask = pad_batch([sequences[i] for i in chunk], pad)
-            probs = forward(ids.to(device), mask.to(device)).double().cpu()
-            if not len(out):
-                out = torch.empty(len(sequences), probs.shape[1], dtype=torch.float64)
-            out[chunk] = probs
-    return out
+    loader = DataLoader(sequences, batch_sampler=[order[s : s + TEXT_BATCH] for s in range(0, len(order), TEXT_BATCH)],
+                        collate_fn=lambda chunk: dict(zip(("input_ids", "attention_mask"), pad_batch(chunk, pad), strict=True)))
+    device = next(model.parameters()).device
+    return outputs(model, loader, lambda b: forward(b["input_ids"], b["attention_mask"]), device=device).logits.double()
 
 
 def _text_scores(ctx: Any, encoded: list[torch.Tensor], targets: list[int], indices: list[int], method: str,
@@ -259,9 +254,10 @@ def image_faithfulness(model: Any, pixels: torch.Tensor, method: str, attr_setti
     logits = image_logits_forward(model)
     height, width = pixels.shape[-2:]
     size = patch_size(height, width)
-    with torch.inference_mode():
-        full = torch.cat([logits(pixels[s : s + IMAGE_BATCH].to(device)).softmax(-1).double().cpu()
-                          for s in range(0, len(pixels), IMAGE_BATCH)])
+    def probabilities(batches: Any) -> torch.Tensor:
+        return outputs(model, batches, lambda b: logits(b["pixel_values"]).softmax(-1), device=device).logits.double()
+
+    full = probabilities(chunks({"pixel_values": pixels}, IMAGE_BATCH))
     targets = full.argmax(-1)
     maps, used = [], method
     group = GRAD_CAM_BATCH if method == "grad_cam" else 1  # IG holds n_steps copies of each image
@@ -272,14 +268,13 @@ def image_faithfulness(model: Any, pixels: torch.Tensor, method: str, attr_setti
     unit_scores = [patch_scores(m, size) for m in torch.cat(maps)]
 
     def probability_of(requests: list[Request]) -> torch.Tensor:
-        out = torch.empty(len(requests), dtype=torch.float64)
-        with torch.inference_mode():
+        def masked() -> Any:
             for start in range(0, len(requests), IMAGE_BATCH):
                 chunk = requests[start : start + IMAGE_BATCH]
-                batch = torch.stack([pixels[e].cpu() * patch_mask(p, size, height, width) for e, p in chunk])
-                probs = logits(batch.to(device)).softmax(-1).double().cpu()
-                out[start : start + len(chunk)] = probs[torch.arange(len(chunk)), targets[[e for e, _ in chunk]]]
-        return out
+                yield {"pixel_values": torch.stack([pixels[e].cpu() * patch_mask(p, size, height, width) for e, p in chunk])}
+
+        probs = probabilities(masked())
+        return probs[torch.arange(len(requests)), targets[[e for e, _ in requests]]]
 
     result = _finish(used, "patch", unit_scores, settings, seed, probability_of, skipped=0)
     result["patch_size"] = size

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from sft.errors import ConfigError, DataError
 from sft.report.figures import reliability_figure
-from sft.report.htmlparts import MISSING, box, esc, how, img, is_num, num, side_by_side, table
+from sft.report.htmlparts import MISSING, box, esc, get_in, how, img, is_num, num, side_by_side, table
 
 DEFAULT_N_BINS = 15
 
@@ -314,3 +314,10 @@ def render(data: dict[str, Any]) -> str:
         panels = [("before", before)] + ([("after temperature scaling", after)] if after else [])
         figure = img(reliability_figure(panels), "reliability diagram")
     return how(HOW, n_bins=num(data.get("n_bins"))) + side_by_side(scores + fit_text, figure)
+
+
+def summary(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The page's headline numbers from this section."""
+    before, after = num(get_in(data, "before", "ece")), num(get_in(data, "after", "ece"))
+    return [("ECE before → after", f"{before} → {after}" if data.get("after") else before),
+            ("temperature", num(data.get("temperature"), 2))]

@@ -369,3 +369,9 @@ def render(data: dict[str, Any]) -> str:
             f"examples · unit: {esc(unit)}</p>")
     return (how(HOW, unit=esc(unit), fractions=fractions) + meta
             + (f"<p><b>{esc(summary)}</b></p>" if summary else "") + side_by_side(scores, figure))
+
+
+def summary(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The page's headline verdict from this section."""
+    beats = data.get("beats_random")
+    return [("attributions", MISSING if beats is None else "beats random" if beats else "does not beat random")]

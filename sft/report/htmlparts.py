@@ -68,3 +68,12 @@ def img(uri: str, alt: str, css_class: str = "fig") -> str:
 def side_by_side(*columns: str) -> str:
     """HTML blocks side by side (wrapping on narrow screens)."""
     return '<div class="row">' + "".join(f"<div>{c}</div>" for c in columns) + "</div>"
+
+
+def get_in(data: Any, *keys: str) -> Any:
+    """``data[k1][k2]...``, or None where a level is missing or not a dict (report data may be partial)."""
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data

@@ -155,14 +155,6 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _get(data: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
-
-
 # ---------------------------------------------------------------------------------------------- sections
 
 
@@ -196,29 +188,12 @@ def _header(report: dict[str, Any], names: list[str]) -> str:
 
 
 def _summary_strip(sections: dict[str, Any]) -> str:
+    """The headline numbers: each section's ``summary(data) -> [(label, html)]``, in page order."""
     stats: list[tuple[str, str]] = []
-    perf = sections.get("performance")
-    if isinstance(perf, dict):
-        stats.append(("accuracy", num(perf.get("accuracy"))))
-        stats.append(("macro F1", num(perf.get("macro_f1"))))
-        stats.append(("majority baseline acc.", num(_get(perf, "majority_baseline", "accuracy"))))
-    cal = sections.get("calibration")
-    if isinstance(cal, dict):
-        before, after = num(_get(cal, "before", "ece")), num(_get(cal, "after", "ece"))
-        stats.append(("ECE before → after", f"{before} → {after}" if cal.get("after") else before))
-        stats.append(("temperature", num(cal.get("temperature"), 2)))
-    faith = sections.get("faithfulness")
-    if isinstance(faith, dict):
-        beats = faith.get("beats_random")
-        verdict = MISSING if beats is None else "beats random" if beats else "does not beat random"
-        stats.append(("attributions", verdict))
-    stab = sections.get("stability")
-    if isinstance(stab, dict):
-        stats.append(("runs", num(stab.get("n_runs"))))
-        acc = _get(stab, "metrics", "test/acc")
-        if isinstance(acc, dict):
-            stats.append(("test/acc mean ± std", f"{num(acc.get('mean'))} ± {num(acc.get('std'))}"))
-        stats.append(("degenerate runs", num(stab.get("degenerate_runs"))))
+    for name in page_sections():
+        summary = getattr(_module(name), "summary", None) if isinstance(sections.get(name), dict) else None
+        if summary is not None:
+            stats += summary(sections[name])
     if not stats:
         return ""
     cells = "".join(f'<div class="stat"><div class="k">{esc(k)}</div><div class="v">{v}</div></div>'

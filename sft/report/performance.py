@@ -10,7 +10,7 @@ import torch
 
 from sft.metrics import accuracy_and_macro_f1, per_class
 from sft.report.figures import confusion_figure
-from sft.report.htmlparts import box, esc, how, img, is_num, num, side_by_side, table
+from sft.report.htmlparts import box, esc, get_in, how, img, is_num, num, side_by_side, table
 
 
 def _as_labels(values: Any, name: str, n_classes: int) -> torch.Tensor:
@@ -99,3 +99,9 @@ def render(data: dict[str, Any]) -> str:
     matrix = data.get("confusion_matrix")
     figure = img(confusion_figure(matrix, labels), "confusion matrix") if matrix else ""
     return how(HOW, n=num(data.get("n"))) + warn + side_by_side(compare + class_table, figure)
+
+
+def summary(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The page's headline numbers from this section."""
+    return [("accuracy", num(data.get("accuracy"))), ("macro F1", num(data.get("macro_f1"))),
+            ("majority baseline acc.", num(get_in(data, "majority_baseline", "accuracy")))]

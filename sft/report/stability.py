@@ -18,7 +18,7 @@ from typing import Any
 
 from sft.errors import ConfigError, DataError
 from sft.report.figures import runs_figure
-from sft.report.htmlparts import box, esc, how, img, is_num, num, side_by_side, table
+from sft.report.htmlparts import box, esc, get_in, how, img, is_num, num, side_by_side, table
 
 RUN_FILES = ("metrics.json", "config.yaml")
 SKIPPED_PREFIXES = ("params/", "fit/")  # sizes and timings: not outcomes that vary by seed
@@ -299,3 +299,12 @@ def render(data: dict[str, Any]) -> str:
         figure = img(runs_figure(accuracies, data.get("majority_baseline")), "test accuracy per run")
     return (how(HOW, n_runs=num(data.get("n_runs"))) + differences_box + degenerate_box
             + side_by_side(summary_table + agreement_text, figure) + "<h3>Runs</h3>" + run_table)
+
+
+def summary(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """The page's headline numbers from this section."""
+    stats = [("runs", num(data.get("n_runs")))]
+    acc = get_in(data, "metrics", "test/acc")
+    if isinstance(acc, dict):
+        stats.append(("test/acc mean ± std", f"{num(acc.get('mean'))} ± {num(acc.get('std'))}"))
+    return stats + [("degenerate runs", num(data.get("degenerate_runs")))]

@@ -146,17 +146,10 @@ def fit_lightning(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path
 
     from sft.devices import auto_precision, evaluation_precision
     from sft.loggers import discard_previous_metrics
-    from sft.pipeline.build import build_evaluator, build_trainer, callbacks_and_loggers
+    from sft.pipeline.build import build_trainer, callbacks_and_loggers
     from sft.rundir import write_run_info
 
-    fit_datamodule = datamodule
-    if cfg.get("probe", {}).get("cache_features"):  # the frozen backbone runs once; the head trains on its features
-        from sft.probes.feature_cache import FeatureDataModule, cached_features
-
-        device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu" else "cpu")
-        fit_datamodule = FeatureDataModule(cached_features(model, datamodule, device=device), datamodule,
-                                           batch_size=cfg.data.batch_size, seed=cfg.seed)
-
+    fit_datamodule = _fit_datamodule(cfg, model, datamodule)
     callbacks, loggers = callbacks_and_loggers(cfg)
     precision = cfg.trainer.get("precision") or auto_precision(cfg.trainer.get("accelerator"))
     strategy = {}
@@ -197,20 +190,45 @@ def fit_lightning(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path
     evaluated = best or last_checkpoint(callbacks)
     if evaluated:  # the weights that are validated, tested, exported and reported
         model.load_state_dict(torch.load(evaluated, map_location="cpu", weights_only=True)["state_dict"])
-    evaluator = trainer
-    if eval_precision != str(trainer.precision):  # a fresh Trainer: the fitted one's precision plugin is fixed
-        log.info("Final validation and test in %s (trained in %s): the precision the exported model is used in.",
-                 eval_precision, trainer.precision)
-        evaluator = build_evaluator(cfg.trainer, output_dir, loggers, eval_precision, **strategy)
-        # It evaluates a checkpoint written with callbacks it does not have, which Lightning warns about.
-        warnings.filterwarnings("ignore", message=r".*callbacks used to create the checkpoint need to be provided.*")
-    metrics = _floats(evaluator.validate(model, datamodule=fit_datamodule, ckpt_path=evaluated, verbose=False)[0])
-    if cfg.get("test", True):
-        metrics.update(_floats(evaluator.test(model, datamodule=fit_datamodule, ckpt_path=evaluated, verbose=False)[0]))
+    metrics = _validate_and_test(cfg, model, fit_datamodule, trainer, evaluated, eval_precision, loggers, output_dir,
+                                 **strategy)
     metrics.update({"fit/seconds": fit_seconds, "fit/epochs": float(epochs), "fit/global_step": float(steps)})
     metrics.update(parameter_counts(model))
     return Fitted(model, datamodule, metrics, is_global_zero=trainer.is_global_zero,
                   device=trainer.strategy.root_device)
+
+
+def _fit_datamodule(cfg: DictConfig, model: Any, datamodule: Any) -> Any:
+    """What ``trainer.fit`` reads: the data module, or (probe=cached) batches of the frozen backbone's features,
+    computed once."""
+    if not (cfg.get("probe") or {}).get("cache_features"):
+        return datamodule
+    import torch
+
+    from sft.probes.feature_cache import FeatureDataModule, cached_features
+
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu" else "cpu")
+    return FeatureDataModule(cached_features(model, datamodule, device=device), datamodule,
+                             batch_size=cfg.data.batch_size, seed=cfg.seed)
+
+
+def _validate_and_test(cfg: DictConfig, model: Any, datamodule: Any, trainer: Any, checkpoint: str | None,
+                       precision: str, loggers: list[Any], output_dir: Path, **strategy: Any) -> dict[str, float]:
+    """Validate (and test) ``checkpoint`` in ``precision``: the fitted Trainer when it trained in that precision,
+    else a fresh one (a Trainer's precision plugin is fixed)."""
+    from sft.pipeline.build import build_evaluator
+
+    evaluator = trainer
+    if precision != str(trainer.precision):
+        log.info("Final validation and test in %s (trained in %s): the precision the exported model is used in.",
+                 precision, trainer.precision)
+        evaluator = build_evaluator(cfg.trainer, output_dir, loggers, precision, **strategy)
+        # It evaluates a checkpoint written with callbacks it does not have, which Lightning warns about.
+        warnings.filterwarnings("ignore", message=r".*callbacks used to create the checkpoint need to be provided.*")
+    metrics = _floats(evaluator.validate(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)[0])
+    if cfg.get("test", True):
+        metrics.update(_floats(evaluator.test(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)[0]))
+    return metrics
 
 
 def fit_sklearn(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path) -> Fitted:

@@ -8,6 +8,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
+from sft.data.batching import training_position
+
 
 class LastCheckpoint(Checkpoint):
     """Keeps ``<dirpath>/last.ckpt`` current: every ``every_n_train_steps`` steps, after every validation
@@ -81,8 +83,6 @@ EPOCHS_KEY = "sft_epochs_trained"
 def epochs_trained(trainer: L.Trainer) -> int:
     """Epochs whose batches have all been trained on. Lightning's ``current_epoch`` misses the last one when a
     resumed run stops at once (early stopping had decided just before the kill) or restarts at an epoch's end."""
-    from sft.data.batching import training_position
-
     return training_position(trainer)[0]
 
 

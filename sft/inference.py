@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sft.data.batching import PadCollator
 from sft.errors import ConfigError
 from sft.rundir import CALIBRATION_FILE, is_export_dir, run_dir_of
 
@@ -170,8 +171,6 @@ def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int 
     """Class probabilities (softmax of logits / temperature), one row per text in the given order (batched by
     length internally)."""
     from torch.utils.data import DataLoader
-
-    from sft.data.batching import PadCollator
 
     encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # less padding

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sft.errors import ConfigError
+from sft.finetune.strategy import FreezeSpec
 
 
 def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
@@ -53,8 +54,6 @@ def build_optimizer(factory: Callable, groups: dict[str, list[tuple[str, nn.Para
     """Instantiate a ``_partial_`` optimizer: per model group (bottom to top), a decay and a no-decay
     parameter group at ``lr * scale`` (layer-wise decay, head lr from ``spec``); fused Adam(W) where supported.
     Each parameter group carries a ``name`` (``block3``, ``head/no_decay``) for the lr monitor."""
-    from sft.finetune.strategy import FreezeSpec
-
     check_optimizer(factory)
     spec = FreezeSpec.parse(spec)
     kwargs = _factory_kwargs(factory)

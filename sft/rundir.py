@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sft.errors import ConfigError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -92,3 +94,32 @@ def run_dir_of(path: Path) -> Path | None:
 
 def is_export_dir(folder: Path) -> bool:
     return any((folder / marker).is_file() for marker in EXPORT_MARKERS)
+
+
+def _checkpoint_number(path: Path) -> int:
+    tail = path.stem.rpartition("_")[2]
+    return int(tail) if tail.isdigit() else -1
+
+
+def resume_checkpoint(ckpt_path: str | None, resume: Any, output_dir: Path) -> str | None:
+    """The checkpoint to continue from: ``ckpt_path``, else (resume=auto / true) the run's newest one in
+    ``output_dir`` (``checkpoints/last.ckpt``, or a newer SLURM requeue checkpoint)."""
+    if ckpt_path:
+        path = Path(ckpt_path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={str(path)!r} does not exist. Give an existing .ckpt file, or drop ckpt_path.")
+        return str(path)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if resume in ("auto", True):
+        # Lightning's SLURM auto-requeue saves hpc_ckpt_<n>.ckpt into the run folder when the job is about to be
+        # stopped (time limit, preemption): newer than last.ckpt, so it wins.
+        hpc = sorted(output_dir.glob("hpc_ckpt_*.ckpt"), key=_checkpoint_number)
+        candidates = [p for p in (last, *hpc[-1:]) if p.is_file()]
+        if candidates:
+            return str(max(candidates, key=lambda p: p.stat().st_mtime))
+    if resume is True:
+        raise ConfigError(
+            f"resume=true but there is no checkpoint to resume from ({last} does not exist). Point "
+            "hydra.run.dir (or output_dir) at the interrupted run's folder, or use resume=auto / false."
+        )
+    return None

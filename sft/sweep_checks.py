@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sft.errors import ConfigError, SftError
+from sft.pipeline.checks import check_config
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,6 @@ def check_sweep(config: DictConfig) -> int:
     how many job configs were composed and checked."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-
-    from sft.pipeline.checks import check_config
 
     check_ranks_in_sweep(config, config)
     fixed, sweeps = swept(config)

@@ -11,6 +11,8 @@ import torch
 from torchmetrics import MetricCollection
 
 from sft.errors import ConfigError, TrainingDiverged
+from sft.export import export_text_model
+from sft.finetune.blocks import block_map, group_modules
 from sft.finetune.strategy import FreezeSpec
 from sft.metrics import stage_metrics
 from sft.models.backbones import load_sequence_classifier, resolve_name_or_path
@@ -115,8 +117,6 @@ class Classifier(L.LightningModule):
         spec = self.freeze_spec
         named = list(self.model.named_parameters())
         if spec.needs_block_map:
-            from sft.finetune.blocks import block_map, group_modules
-
             bmap = block_map(self.model)
             spec.check_depth(bmap.depth, type(self.model).__name__)
             order = bmap.group_names()
@@ -332,8 +332,6 @@ class TextClassifier(Classifier):
         return {"tokenizer": resolve_name_or_path(model_cfg.get("name_or_path"))}
 
     def export(self, out_dir: Any, datamodule: Any) -> Any:
-        from sft.export import export_text_model
-
         return export_text_model(self, datamodule.tokenizer, out_dir)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

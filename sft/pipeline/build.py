@@ -11,8 +11,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sft.callbacks import DeferredRequeue, ValidateAtStepLimit, WorkerRanks, ordered_callbacks
 from sft.config import instantiate, instantiate_all, plain
 from sft.errors import ConfigError
+from sft.report.registry import report_enabled
 
 log = logging.getLogger("sft")
 
@@ -81,8 +83,6 @@ def build_trainer(trainer_cfg: DictConfig, output_dir: Path, callbacks: list[Any
     last) and an explicit precision."""
     from lightning.pytorch.callbacks import Checkpoint
 
-    from sft.callbacks import DeferredRequeue, ValidateAtStepLimit, WorkerRanks, ordered_callbacks
-
     # No checkpoint callback configured (callbacks=none) means none: not Lightning's implicit one.
     if not any(isinstance(cb, Checkpoint) for cb in callbacks):
         overrides.setdefault("enable_checkpointing", False)
@@ -94,8 +94,6 @@ def build_trainer(trainer_cfg: DictConfig, output_dir: Path, callbacks: list[Any
 def build_evaluator(trainer_cfg: DictConfig, output_dir: Path, loggers: list[Any], precision: str,
                     **overrides: Any) -> Any:
     """A Trainer for the final validate / test only (no checkpoints, no training callbacks)."""
-    from sft.callbacks import WorkerRanks
-
     return instantiate(trainer_cfg, callbacks=[WorkerRanks()], logger=loggers or False, precision=precision,
                        default_root_dir=str(output_dir), enable_checkpointing=False, **overrides)
 
@@ -106,8 +104,6 @@ def callbacks_and_loggers(cfg: DictConfig) -> tuple[list[Any], list[Any]]:
 
 def report_settings(cfg: DictConfig) -> dict[str, Any] | None:
     """The ``report`` node as plain settings; None when the report is off (``report=none``) or there is no test."""
-    from sft.report.registry import report_enabled
-
     report = plain(cfg.get("report"))
     return report if cfg.get("test", True) and report_enabled(report) else None
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from sft.errors import ConfigError
 from sft.finetune import FREEZE_STRATEGIES
 from sft.finetune.strategy import FreezeSpec
+from sft.report.registry import check_report_settings
 
 RESUME_VALUES = ("auto", True, False)
 
@@ -49,8 +50,6 @@ def check_config(cfg: DictConfig) -> None:
     FreezeSpec.parse(OmegaConf.to_container(cfg.freeze, resolve=True))  # k, milestones, lr_decay, head_lr
     check_probe(cfg.get("probe"), cfg.freeze)
     if cfg.get("report") is not None:
-        from sft.report.registry import check_report_settings  # imports the report sections (and torch)
-
         check_report_settings(OmegaConf.to_container(cfg.report, resolve=True))
     for key in ("data.train_size", "data.shots_per_class"):
         value = OmegaConf.select(cfg, key)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.pipeline.fit import Fitted
+from sft.report.make import build_context, calibration_metrics, make_report
 from sft.rundir import write_metrics
 
 log = logging.getLogger("sft")
@@ -38,8 +39,6 @@ def finish(fitted: Fitted, output_dir: Path, *, export: bool = True, report: dic
 def _report(fitted: Fitted, output_dir: Path, report: dict[str, Any], metrics: dict[str, float], seed: int,
             pretrained: Callable[[], Any] | None, run_summary: dict[str, str]) -> dict[str, float]:
     """The trust report; if it fails, the metrics are written first so the finished run is on record."""
-    from sft.report.make import build_context, calibration_metrics, make_report
-
     split = report.get("split", "test")
     try:
         if fitted.device is not None:  # Lightning leaves the model on the CPU after test

@@ -14,7 +14,14 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from sft.callbacks import EPOCHS_KEY, FIT_FINISHED_KEY, LastCheckpoint, epochs_trained, worker_launcher
+from sft.devices import auto_precision, evaluation_precision
 from sft.errors import ConfigError
+from sft.loggers import discard_previous_metrics
+from sft.pipeline.build import build_estimator, build_evaluator, build_trainer, callbacks_and_loggers
+from sft.probes.feature_cache import FeatureDataModule, cached_features
+from sft.probes.sklearn_head import fit_sklearn_head, save_estimator
+from sft.rundir import write_run_info
 
 log = logging.getLogger("sft")
 
@@ -32,42 +39,11 @@ class Fitted:
     extra_files: list[Any] = field(default_factory=list)  # callables(export_dir) writing more export files
 
 
-# ---------------------------------------------------------------------- resume
-def _checkpoint_number(path: Path) -> int:
-    tail = path.stem.rpartition("_")[2]
-    return int(tail) if tail.isdigit() else -1
-
-
-def resume_checkpoint(ckpt_path: str | None, resume: Any, output_dir: Path) -> str | None:
-    """The checkpoint to continue from: ``ckpt_path``, else (resume=auto / true) the run's newest one."""
-    if ckpt_path:
-        path = Path(ckpt_path).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"ckpt_path={str(path)!r} does not exist. Give an existing .ckpt file, or drop ckpt_path.")
-        return str(path)
-    last = output_dir / "checkpoints" / "last.ckpt"
-    if resume in ("auto", True):
-        # Lightning's SLURM auto-requeue saves hpc_ckpt_<n>.ckpt into the run folder when the job is about to be
-        # stopped (time limit, preemption): newer than last.ckpt, so it wins.
-        hpc = sorted(output_dir.glob("hpc_ckpt_*.ckpt"), key=_checkpoint_number)
-        candidates = [p for p in (last, *hpc[-1:]) if p.is_file()]
-        if candidates:
-            return str(max(candidates, key=lambda p: p.stat().st_mtime))
-    if resume is True:
-        raise ConfigError(
-            f"resume=true but there is no checkpoint to resume from ({last} does not exist). Point "
-            "hydra.run.dir (or output_dir) at the interrupted run's folder, or use resume=auto / false."
-        )
-    return None
-
-
 def finished_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:
     """The checkpoint's contents when it was written at the end of a completed fit, else None."""
     if not ckpt_path:
         return None
     import torch
-
-    from sft.callbacks import FIT_FINISHED_KEY
 
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     return checkpoint if checkpoint.get(FIT_FINISHED_KEY) else None
@@ -75,16 +51,12 @@ def finished_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:
 
 def saved_progress(checkpoint: dict[str, Any]) -> tuple[int, int]:
     """(epochs trained, optimizer steps) recorded in a checkpoint written at the end of fit."""
-    from sft.callbacks import EPOCHS_KEY
-
     return int(checkpoint.get(EPOCHS_KEY, checkpoint["epoch"])), int(checkpoint["global_step"])
 
 
 def fit_progress(trainer: Any, callbacks: list[Any]) -> tuple[int, int]:
     """Epochs and optimizer steps of the fit. With forked / spawned DDP ranks the fit ran in the workers and this
     process's trainer never advanced: the counts come from the last checkpoint the workers wrote."""
-    from sft.callbacks import LastCheckpoint, epochs_trained, worker_launcher
-
     if worker_launcher(trainer) is not None:
         for cb in callbacks:
             finished = finished_checkpoint(str(cb.path)) if isinstance(cb, LastCheckpoint) and cb.path.is_file() else None
@@ -95,8 +67,6 @@ def fit_progress(trainer: Any, callbacks: list[Any]) -> tuple[int, int]:
 
 def last_checkpoint(callbacks: list[Any]) -> str | None:
     """last.ckpt of the LastCheckpoint callback, if one wrote it (at train end it holds the final weights)."""
-    from sft.callbacks import LastCheckpoint
-
     return next((str(cb.path) for cb in callbacks if isinstance(cb, LastCheckpoint) and cb.path.is_file()), None)
 
 
@@ -143,11 +113,6 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
 def fit_lightning(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path, ckpt_path: str | None) -> Fitted:
     """Fit with Lightning (resuming from ``ckpt_path``), then validate and test the best checkpoint."""
     import torch
-
-    from sft.devices import auto_precision, evaluation_precision
-    from sft.loggers import discard_previous_metrics
-    from sft.pipeline.build import build_trainer, callbacks_and_loggers
-    from sft.rundir import write_run_info
 
     fit_datamodule = _fit_datamodule(cfg, model, datamodule)
     callbacks, loggers = callbacks_and_loggers(cfg)
@@ -205,8 +170,6 @@ def _fit_datamodule(cfg: DictConfig, model: Any, datamodule: Any) -> Any:
         return datamodule
     import torch
 
-    from sft.probes.feature_cache import FeatureDataModule, cached_features
-
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.get("accelerator") != "cpu" else "cpu")
     return FeatureDataModule(cached_features(model, datamodule, device=device), datamodule,
                              batch_size=cfg.data.batch_size, seed=cfg.seed)
@@ -216,8 +179,6 @@ def _validate_and_test(cfg: DictConfig, model: Any, datamodule: Any, trainer: An
                        precision: str, loggers: list[Any], output_dir: Path, **strategy: Any) -> dict[str, float]:
     """Validate (and test) ``checkpoint`` in ``precision``: the fitted Trainer when it trained in that precision,
     else a fresh one (a Trainer's precision plugin is fixed)."""
-    from sft.pipeline.build import build_evaluator
-
     evaluator = trainer
     if precision != str(trainer.precision):
         log.info("Final validation and test in %s (trained in %s): the precision the exported model is used in.",
@@ -233,10 +194,6 @@ def _validate_and_test(cfg: DictConfig, model: Any, datamodule: Any, trainer: An
 
 def fit_sklearn(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path) -> Fitted:
     """``probe.estimator`` fitted on cached train features, scored on val (and test)."""
-    from sft.pipeline.build import build_estimator
-    from sft.probes.sklearn_head import fit_sklearn_head, save_estimator
-    from sft.rundir import write_run_info
-
     write_run_info(output_dir, cfg, precision="32-true", accelerator="sklearn")
     pooling = cfg.probe.get("pooling", "head")
     head = fit_sklearn_head(build_estimator(cfg.probe.estimator), model, datamodule, pooling=pooling,

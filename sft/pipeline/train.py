@@ -12,18 +12,18 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sft.pipeline.checks import check_config
+from sft.rundir import resume_checkpoint
 
 log = logging.getLogger("sft")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fine-tune, evaluate and export as ``cfg`` says; returns the flat metrics written to metrics.json."""
-    from sft.pipeline.fit import resume_checkpoint
-
     check_config(cfg)
     output_dir = Path(cfg.output_dir).expanduser().resolve()
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), cfg.get("resume", "auto"), output_dir)  # fails fast
 
+    # Only now the modules that import torch and Lightning: a bad config or resume fails in about a second.
     from sft.pipeline import build
     from sft.pipeline.finish import finish
     from sft.pipeline.fit import fit_lightning, fit_sklearn, setup_process, step_budget

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from sft.errors import ConfigError
+from sft.finetune.blocks import block_map, group_modules
 from sft.report.figures import heatmap_figure
 from sft.report.htmlparts import box, esc, how, img, is_num, num, side_by_side, sig
 
@@ -321,8 +322,6 @@ def image_logits_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Ten
 def grad_cam_layer(model: nn.Module) -> nn.Module | None:
     """The last backbone block before the head, from the block map (ResNet ``layer4``, EfficientNet's last
     stage / head conv, a ViT's last encoder layer); without a block map the last Conv2d; None if neither."""
-    from sft.finetune.blocks import block_map, group_modules
-
     net = _image_module(model)
     try:
         bmap = block_map(net)

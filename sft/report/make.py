@@ -17,6 +17,7 @@ import torch
 from sft.errors import ConfigError, SftError
 from sft.inference import split_outputs
 from sft.report.context import ReportContext
+from sft.report.page import write
 from sft.report.registry import check_report_settings, section_module
 from sft.rundir import CALIBRATION_FILE
 
@@ -109,8 +110,6 @@ def calibration_metrics(report: dict[str, Any] | None, split: str) -> dict[str, 
 
 def make_report(ctx: ReportContext, report: dict[str, Any], run_dir: Path, run_info: dict[str, Any]) -> dict[str, Any]:
     """Run the sections and write report.html, report.json, predictions.csv (and calibration.json)."""
-    from sft.report.page import write
-
     started = time.perf_counter()
     result = {"run": {**run_info, "dir": str(run_dir), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
               **run_sections(ctx, report)}

@@ -90,3 +90,18 @@ def test_the_import_graph_of_sft_has_no_cycle():
         if name not in state:
             cycle = cycle_from(name, [name])
             assert cycle is None, " -> ".join(cycle)
+
+
+def test_train_leaves_the_callers_config_alone(tiny_cfg):
+    """train(cfg) works on its own copy: a step budget (max_epochs -> -1) and the launcher's resources are
+    recorded in the run folder's config.yaml, not written into the caller's config."""
+    from omegaconf import OmegaConf
+
+    from sft.pipeline.train import train
+
+    cfg = tiny_cfg("trainer.max_steps=2", "trainer.max_epochs=3")
+    before = OmegaConf.to_yaml(cfg)
+    metrics = train(cfg)
+    assert OmegaConf.to_yaml(cfg) == before
+    saved = OmegaConf.load(Path(cfg.output_dir) / "config.yaml")
+    assert saved.trainer.max_epochs == -1 and saved.trainer.max_steps == 2 and metrics["fit/global_step"] == 2

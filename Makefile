@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 # torch first, pinned, so pip does not pull a newer multi-GB build; override for your platform/CUDA.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# Marker expression of `make test`. Also skip the heavy tests: make test MARKS="not slow and not subprocess"
+# (markers: slow, subprocess, multirun, ddp; see [tool.pytest.ini_options] in pyproject.toml).
+MARKS ?= not slow
 ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -25,8 +28,8 @@ install: $(VENV)/.installed ## Create .venv and install sft with dev tools (idem
 run: install ## Fine-tune the offline default (packaged MiniLM on the packaged sample); ARGS="model=bert data=sst2 ..."
 	$(PY) -m sft.run $(ARGS)
 
-test: install ## Run the test suite (without tests marked slow); PYTEST_ARGS="-k resume" to select
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test: install ## Run the tests not marked slow; PYTEST_ARGS="-k resume"; MARKS="not slow and not subprocess" skips more
+	$(PY) -m pytest -m "$(MARKS)" $(PYTEST_ARGS)
 
 test-slow: install ## Run only the slow tests (real SST-2 fine-tune, installed-copy check)
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)

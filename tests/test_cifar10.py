@@ -135,7 +135,7 @@ def test_cifar10_config_trains_and_evaluates(compose_cfg, tmp_path):
     cfg = compose_cfg("model=resnet18", "model.weights=none", "data=cifar10", f"data.path={CIFAR_DIR}",
                       "data.image_size=32", f"output_dir={out}", *FAST, "optimizer.lr=1e-3")
     metrics = train(cfg)
-    assert metrics["fit/epochs"] == 1 and 0 <= metrics["test/acc"] <= 1
+    assert metrics["fit/epochs"] == 1
     info = json.loads((out / "export" / "model.json").read_text())
     assert info["label_names"] == list(LABEL_NAMES) and info["preprocess"]["crop"] == 32
     again = evaluate(out, "test")

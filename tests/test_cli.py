@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO, python
 
-
-def python(args: list[str], cwd: Path, env_extra: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", **(env_extra or {})}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-                          input=stdin)
+pytestmark = pytest.mark.subprocess  # every test here starts `python -m sft...` (or `python -c`) children
 
 
 def test_help_lists_groups_without_importing_torch(tmp_path):
@@ -76,7 +71,8 @@ def test_run_and_predict_from_another_directory(tiny_bert, tmp_path):
                   "trainer.max_epochs=1", "data.train_size=64", "callbacks.progress_bar=null",
                   "++trainer.enable_progress_bar=false"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] >= 0
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["fit/epochs"] == 1 and saved["fit/global_step"] == 2  # 64 training rows, batches of 32
     assert (run_dir / ".hydra" / "overrides.yaml").is_file()
 
     texts = "what a great film\nawful, just awful\nthe best meal of my life\n"
@@ -91,7 +87,6 @@ def test_run_and_predict_from_another_directory(tiny_bert, tmp_path):
     ev = python(["-m", "sft.eval", str(run_dir)], cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr[-2000:]
     metrics = json.loads(ev.stdout)
-    saved = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/acc"] == pytest.approx(saved["test/acc"], abs=1e-6)
     assert metrics["test/samples"] == 120
 
@@ -109,10 +104,10 @@ def test_installed_copy_finds_its_configs_and_sample(tmp_path):
     workdir.mkdir()
     probe = ("import sft.run, sft.data.sources as s; print(sft.run.CONFIG_DIR); "
              "print(len(s.PackagedSample().load().train))")
-    out = python(["-c", probe], cwd=workdir, env_extra={"PYTHONPATH": str(target)})
+    out = python(["-c", probe], cwd=workdir, env={"PYTHONPATH": str(target)})
     assert out.returncode == 0, out.stderr
     config_dir, n_train = out.stdout.split()
     assert Path(config_dir).is_relative_to(target) and n_train == "480"
     cfg = python(["-m", "sft.run", "--cfg", "job", "experiment=quickstart"], cwd=workdir,
-                 env_extra={"PYTHONPATH": str(target)})
+                 env={"PYTHONPATH": str(target)})
     assert cfg.returncode == 0 and "_target_: sft.data.text.sample" in cfg.stdout, cfg.stderr

@@ -11,7 +11,7 @@ import torch
 
 from sft.pipeline.train import train
 from tests.conftest import FAST
-from tests.test_cli import python
+from tests.helpers import python
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 
@@ -36,6 +36,7 @@ COMMON = ["trainer.max_epochs=3", "data.train_size=96", "data.batch_size=16", "o
           "trainer.precision=32", "report=none", "export=false"]
 
 
+@pytest.mark.ddp
 @pytest.mark.parametrize("freeze", ["none", "gradual"])
 def test_ddp_two_processes_match_the_single_process_run(compose_cfg, no_dropout_bert, tmp_path, freeze):
     def run(name: str, *extra: str) -> dict[str, float]:
@@ -62,6 +63,9 @@ def test_ddp_two_processes_match_the_single_process_run(compose_cfg, no_dropout_
     assert json.loads((run_dir / "run.json").read_text())["starts"][0]["accelerator"] == "CPUAccelerator"
 
 
+@pytest.mark.ddp
+@pytest.mark.subprocess
+@pytest.mark.multirun
 def test_ddp_inside_a_multirun_makes_one_folder_per_job(no_dropout_bert, tmp_path):
     sweep = tmp_path / "sweep"
     out = python(["-m", "sft.run", "-m", "trainer=ddp", "seed=1,2", f"model.name_or_path={no_dropout_bert}",
@@ -70,11 +74,15 @@ def test_ddp_inside_a_multirun_makes_one_folder_per_job(no_dropout_bert, tmp_pat
     assert out.returncode == 0, out.stderr[-3000:]
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # no folder per rank
     assert not (tmp_path / "outputs").exists()  # and no second sweep started by a re-executed command line
+    with (sweep / "summary.csv").open(newline="") as f:
+        summary = {r["job"]: r for r in csv.DictReader(f)}
     for job, seed in (("0", 1), ("1", 2)):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
-        assert 0.0 <= metrics["test/acc"] <= 1.0
+        # data.batch_size is the global batch: 64 rows in batches of 32, split over the 2 ranks, are 2 steps.
+        assert metrics["fit/epochs"] == 1 and metrics["fit/global_step"] == 2
+        assert summary[job]["status"] == "ok" and summary[job]["seed"] == str(seed)
+        assert float(summary[job]["test/acc"]) == pytest.approx(metrics["test/acc"], abs=1e-9)  # the summary reads it
         assert f"seed: {seed}" in (sweep / job / "config.yaml").read_text()
-    assert (sweep / "summary.csv").is_file()
     assert "terminate called" not in out.stderr  # gloo's exit abort (process group released in teardown)
     assert out.stderr.count("2 processes (DDPStrategy)") + out.stdout.count("2 processes (DDPStrategy)") == 2
     assert Path(sweep / "0" / "checkpoints" / "last.ckpt").is_file()

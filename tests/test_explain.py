@@ -44,7 +44,7 @@ def test_the_run_writes_the_report_with_every_section(text_run):
     report = json.loads((run_dir / "report.json").read_text())
     expected = ["performance", "calibration", "attributions", "faithfulness", "robustness", "representation"]
     assert list(report["sections"]) == expected, report["skipped"]
-    assert set(report["timings"]) == set(expected) and all(t >= 0 for t in report["timings"].values())
+    assert set(report["timings"]) == set(expected)  # every section timed
     html = (run_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4  # confusion matrix, reliability, curves, projections
     assert "_image_png" not in json.dumps(report)
@@ -198,9 +198,10 @@ def test_bad_report_settings_fail_before_any_work(tiny_cfg, override, message):
     assert not (Path(tiny_cfg().output_dir) / "run.json").exists()
 
 
+@pytest.mark.subprocess
 def test_report_none_is_the_one_way_off_and_report_false_names_it(tmp_path, tiny_cfg):
     from sft.pipeline.train import train
-    from tests.test_cli import python
+    from tests.helpers import python
 
     out = python(["-m", "sft.run", "--cfg", "job", "report=false"], cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -245,4 +246,5 @@ def test_sklearn_head_run_reports_the_estimators_predictions(tiny_cfg):
     run_dir = Path(tiny_cfg().output_dir)
     perf = json.loads((run_dir / "report.json").read_text())["sections"]["performance"]
     assert perf["accuracy"] == pytest.approx(metrics["test/acc"], abs=1e-6)
-    assert json.loads((run_dir / "metrics.json").read_text())["test/ece"] >= 0
+    calibration = json.loads((run_dir / "report.json").read_text())["sections"]["calibration"]
+    assert json.loads((run_dir / "metrics.json").read_text())["test/ece"] == pytest.approx(calibration["before"]["ece"])

@@ -11,12 +11,12 @@ from sft.models.classifier import TextClassifier
 from sft.models.vision import ImageClassifier
 from sft.probes.feature_cache import cache_key, cached_features
 from tests.conftest import FAST
-from tests.test_freeze import _tiny_hf
+from tests.helpers import tiny_hf
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert"])
 def test_text_features_then_head_equal_the_full_forward(kind, tmp_path):
-    model = TextClassifier(_tiny_hf(kind, tmp_path), num_labels=3, freeze="backbone").eval()
+    model = TextClassifier(tiny_hf(kind, tmp_path), num_labels=3, freeze="backbone").eval()
     batch = {"input_ids": torch.randint(5, 100, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}
     batch["attention_mask"][0, 8:] = 0
     features = model.features(batch)

@@ -16,7 +16,7 @@ from sft.finetune.blocks import block_map
 from sft.finetune.strategy import FreezeSpec
 from sft.models.classifier import TextClassifier
 from sft.models.vision import ImageClassifier, build_image_model
-from tests.helpers import FreezeChecker
+from tests.helpers import FreezeChecker, common, kill_at, run_cli, tiny_hf
 
 
 # ----------------------------------------------------------------------------------------- block maps
@@ -42,23 +42,12 @@ def test_image_block_maps_cover_real_blocks(arch, depth):
     assert all(bmap.group_of(n) == "head" for n, _ in model.named_parameters() if n.startswith(head))
 
 
-def _tiny_hf(kind: str, tmp_path) -> str:
-    from transformers import AutoConfig, AutoModel
-
-    config = AutoConfig.for_model(kind, vocab_size=100, hidden_size=16, num_attention_heads=2, intermediate_size=32,
-                                  max_position_embeddings=64, **({"n_layers": 3, "dim": 16, "hidden_dim": 32,
-                                                                  "n_heads": 2} if kind == "distilbert" else
-                                                                 {"num_hidden_layers": 3}))
-    AutoModel.from_config(config).save_pretrained(tmp_path / kind)
-    return str(tmp_path / kind)
-
-
 @pytest.mark.parametrize("kind, blocks", [("bert", "bert.encoder.layer"), ("roberta", "roberta.encoder.layer"),
                                           ("distilbert", "distilbert.transformer.layer")])
 def test_text_block_maps_are_encoder_layers(kind, blocks, tmp_path):
     from sft.models.backbones import load_sequence_classifier
 
-    model = load_sequence_classifier(_tiny_hf(kind, tmp_path), 2, {0: "a", 1: "b"})
+    model = load_sequence_classifier(tiny_hf(kind, tmp_path), 2, {0: "a", 1: "b"})
     bmap = block_map(model)
     assert bmap.depth == 3 and bmap.blocks[2] == (f"{blocks}.2",)
     assert bmap.group_of(f"{kind}.embeddings.word_embeddings.weight") == "stem"
@@ -180,8 +169,6 @@ def test_gradual_runs_through_warmup_and_onecycle(tiny_cfg, scheduler):
 # ------------------------------------------------------------------------------------- resume mid-gradual
 @pytest.fixture(scope="module")
 def gradual_reference(tiny_bert, tmp_path_factory):
-    from tests.test_resume import common, run_cli
-
     run_dir = tmp_path_factory.mktemp("gradual_ref")
     # last.ckpt every 4 steps: the kill at step 22 resumes mid epoch 1, with block1 already unfrozen.
     args = [*common(tiny_bert, run_dir, max_epochs=3), "freeze=gradual", "freeze.milestones=[1,2]",
@@ -191,16 +178,15 @@ def gradual_reference(tiny_bert, tmp_path_factory):
     return args, run_dir
 
 
+@pytest.mark.subprocess
 def test_resume_mid_gradual_matches_uninterrupted(gradual_reference, tmp_path):
     import signal
-
-    from tests.test_resume import run_cli
 
     args, ref_dir = gradual_reference
     run_dir = tmp_path / "killed"
     args = [a for a in args if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run_dir}"]
     # 15 steps per epoch: step 22 is mid epoch 1, after the first milestone unfroze block1.
-    killed = run_cli([*args, "+callbacks.killer._target_=tests.helpers.KillAtStep", "+callbacks.killer.step=22"])
+    killed = run_cli([*args, *kill_at(22)])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["freeze_state"] == {"stem": False, "block0": False, "block1": True, "head": True}

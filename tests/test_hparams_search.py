@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST
-from tests.test_cli import python
+from tests.helpers import child_env, python
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra is not installed: pip install -e '.[sweep]'")
 
@@ -50,10 +50,12 @@ def _interrupted_job(sweep: Path) -> Path | None:
     return None
 
 
+@pytest.mark.subprocess
+@pytest.mark.multirun
 def test_optuna_search_interrupted_and_resumed_ends_with_its_trials_and_the_failed_one(tiny_bert, tmp_path):
     sweep = tmp_path / "search"
     args = _search_args(tiny_bert, sweep)
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = child_env()
     with (tmp_path / "first.log").open("w") as log:
         proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -152,6 +154,8 @@ def test_bad_sweeps_are_refused_with_the_key_and_the_fix(multirun_config, overri
     assert message in str(e.value)
 
 
+@pytest.mark.subprocess
+@pytest.mark.multirun
 def test_bad_sweep_stops_before_any_job_starts(tmp_path):
     sweep = tmp_path / "sweep"
     out = python(["-m", "sft.run", "-m", "optimizer.lrr=1e-5,3e-5", "report=none", f"hydra.sweep.dir={sweep}"],

@@ -13,28 +13,32 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST
-from tests.test_cli import python
+from tests.helpers import python
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[sweep]' for the launchers")
 
 
+@pytest.mark.subprocess
+@pytest.mark.multirun
 def test_submitit_local_launcher_runs_each_job_in_its_own_process_and_folder(tiny_bert, tmp_path):
     sweep = tmp_path / "sweep"
     out = python(["-m", "sft.run", "-m", "hydra/launcher=local", "hydra.launcher.cpus_per_task=1",
                   f"model.name_or_path={tiny_bert}", "seed=1,2", f"hydra.sweep.dir={sweep}", *FAST,
                   "torch_threads=null", "data.train_size=96"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
+    with (sweep / "summary.csv").open(newline="") as f:
+        summary = {r["job"]: r for r in csv.DictReader(f)}
+    assert [r["status"] for r in summary.values()] == ["ok", "ok"]
     for job in ("0", "1"):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
-        assert 0.0 <= metrics["test/acc"] <= 1.0
+        assert metrics["fit/epochs"] == 1 and metrics["fit/global_step"] == 3  # 96 training rows, batches of 32
+        assert float(summary[job]["test/acc"]) == pytest.approx(metrics["test/acc"], abs=1e-9)  # the summary reads it
         assert json.loads((sweep / job / "run.json").read_text())["argv"][0].endswith("_submit.py")  # submitit's process
     logs = sorted((sweep / ".submitit").glob("*/*_log.out"))
     assert len(logs) == 2  # one submitit job (and log) per sweep job
     for path in logs:  # each job trained there, on its share of the cores
         text = path.read_text()
         assert "Job completed successfully" in text and "torch threads: 1" in text
-    with (sweep / "summary.csv").open(newline="") as f:
-        assert [r["status"] for r in csv.DictReader(f)] == ["ok", "ok"]
 
 
 def _hold_gpu(lock_dir: str, n_gpus: int, hold: float, results) -> None:
@@ -46,6 +50,7 @@ def _hold_gpu(lock_dir: str, n_gpus: int, hold: float, results) -> None:
         results.put((index, start, time.monotonic()))
 
 
+@pytest.mark.subprocess
 def test_parallel_jobs_claim_different_gpus_and_wait_when_all_are_taken(tmp_path):
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -62,6 +67,7 @@ def test_parallel_jobs_claim_different_gpus_and_wait_when_all_are_taken(tmp_path
     assert all(c[0] != third[0] for c in overlapping)  # never two jobs on one GPU at the same time
 
 
+@pytest.mark.subprocess
 def test_a_killed_job_releases_its_gpu(tmp_path):
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -82,6 +88,8 @@ def test_a_killed_job_releases_its_gpu(tmp_path):
 @pytest.mark.parametrize(("option", "package"), [("hydra/launcher=slurm", "hydra-submitit-launcher"),
                                                  ("hydra/launcher=gpu_pool", "hydra-joblib-launcher"),
                                                  ("hparams_search=optuna_random", "hydra-optuna-sweeper")])
+@pytest.mark.subprocess
+@pytest.mark.multirun
 def test_launcher_plugin_not_installed_names_the_pip_package(tmp_path, option, package):
     module = {"hydra-submitit-launcher": "hydra_submitit_launcher", "hydra-joblib-launcher": "hydra_joblib_launcher",
               "hydra-optuna-sweeper": "hydra_optuna_sweeper"}[package]
@@ -95,6 +103,8 @@ def test_launcher_plugin_not_installed_names_the_pip_package(tmp_path, option, p
     assert not Path(tmp_path, "outputs").exists()
 
 
+@pytest.mark.subprocess
+@pytest.mark.multirun
 def test_slurm_preset_writes_the_sbatch_script_lightning_requeue_needs(tmp_path):
     """The real Hydra submitit launcher up to the cluster: a stand-in `sbatch` (there is no SLURM here) refuses
     the job, and the batch script submitit wrote is checked."""
@@ -107,7 +117,7 @@ def test_slurm_preset_writes_the_sbatch_script_lightning_requeue_needs(tmp_path)
     sweep = tmp_path / "sweep"
     out = python(["-m", "sft.run", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "seed=1,2",
                   "report=none", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
-                 env_extra={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+                 env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert out.returncode != 0 and "no cluster here" in out.stderr
     scripts = list((sweep / ".submitit").rglob("*.sh"))  # the batch script, written before sbatch is called
     assert len(scripts) == 1  # one job array for the sweep
@@ -120,7 +130,7 @@ def test_slurm_preset_writes_the_sbatch_script_lightning_requeue_needs(tmp_path)
 
 
 def test_resume_prefers_the_newer_of_last_ckpt_and_lightnings_slurm_requeue_checkpoint(compose_cfg, tmp_path):
-    from sft.pipeline.fit import resume_checkpoint
+    from sft.rundir import resume_checkpoint
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

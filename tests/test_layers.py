@@ -4,12 +4,11 @@ import graph of sft/ has no cycle (import-linter checks the full layer contract 
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+import pytest
+
+from tests.helpers import REPO, python
 
 WITHOUT_HYDRA = """
 import sys
@@ -42,10 +41,9 @@ print("hydra" in sys.modules, (out / "report.html").is_file())
 """
 
 
+@pytest.mark.subprocess
 def test_datamodule_model_trainer_and_report_run_without_hydra(tiny_bert, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", WITHOUT_HYDRA, tiny_bert, str(tmp_path / "report")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    out = python(["-c", WITHOUT_HYDRA, tiny_bert, str(tmp_path / "report")], cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     hydra_imported, report_written = out.stdout.split()[-2:]
     assert hydra_imported == "False", "a module below sft.pipeline.build imported Hydra"

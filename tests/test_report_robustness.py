@@ -232,8 +232,6 @@ def test_image_section_matches_an_independent_recomputation(image_ctx, monkeypat
     assert blurred["repeats"] == 1  # deterministic
     assert (blurred["accuracy"], blurred["flip_rate"]) == pytest.approx((accuracy, flip_rate))
     assert report["clean_accuracy"] == rates(ctx.test.preds, ctx)[0]
-    for entry in report["perturbations"]:
-        assert 0 <= entry["flip_rate"] <= 1 and 0 <= entry["accuracy"] <= 1
     assert noise["flip_rate"] > 0  # std 0.3 on a random network: not a vacuous comparison
 
     # smaller chunks (as a big test set is processed) give the same blur numbers
@@ -294,7 +292,8 @@ def test_text_representation_same_model_twice_gives_identical_projections(text_c
     assert report["point_labels"] == ctx.test.labels.tolist() and len(report["fine_tuned"]["points"]) == len(TEST)
     assert report["fine_tuned"]["dim"] == 32 and "mean" in report["note"]
     fine = report["fine_tuned"]
-    assert -1 <= fine["silhouette"] <= 1 and 0 <= fine["knn_accuracy"] <= 1 and sum(fine["explained_variance"]) <= 1
+    ratios = fine["explained_variance"]  # PCA's first two components: the larger first, a share of the total
+    assert len(ratios) == 2 and ratios[0] >= ratios[1] > 0 and sum(ratios) <= 1 + 1e-9
 
     ctx = dataclasses.replace(text_ctx, pretrained=None)
     alone = representation.section(ctx, {"max_points": 10})

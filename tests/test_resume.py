@@ -10,10 +10,7 @@ lost the data position trains on other batches: both show in the final weights a
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,27 +18,10 @@ import torch
 
 from sft.errors import ConfigError
 from sft.pipeline.train import train
-from tests.conftest import REPO
+from tests.helpers import common, kill_at, run_cli
 
 SLURM = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "sft-test", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
          "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
-
-
-def run_cli(args: list[str], cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sft.run", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
-def common(tiny_bert: str, run_dir: Path, *extra: str, max_epochs: int = 6) -> list[str]:
-    return [f"model.name_or_path={tiny_bert}", f"hydra.run.dir={run_dir}", f"trainer.max_epochs={max_epochs}",
-            "seed=3", "report=none", "export=false", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false",
-            *extra]
-
-
-def kill_at(step: int, hook: str = "on_train_batch_end") -> list[str]:
-    return ["+callbacks.killer._target_=tests.helpers.KillAtStep", f"+callbacks.killer.step={step}",
-            f"+callbacks.killer.hook={hook}"]
 
 
 def outcome(run_dir: Path) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
@@ -85,6 +65,7 @@ KILLS = {
 }
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("point", list(KILLS))
 def test_sigkill_then_resume_matches_uninterrupted(tiny_bert, tmp_path, point, uninterrupted):
     reference, extra, kill = KILLS[point]
@@ -102,6 +83,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_bert, tmp_path, point, u
     assert len(starts) == 2, "run.json keeps a record of both starts"
 
 
+@pytest.mark.subprocess
 def test_slurm_requeue_checkpoint_resumes_exactly(tiny_bert, tmp_path, uninterrupted):
     """SLURM's USR1 ("time is almost up") lands between backward and the optimizer step; Lightning's requeue handler
     saves hpc_ckpt_1.ckpt (at the next batch boundary, sft's doing) and the job is killed later. The requeued job

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,7 @@ from PIL import Image
 
 from sft import summarize as sm
 from sft.errors import ConfigError
+from tests.helpers import python
 
 SHARED = "trainer.max_epochs=2"  # given once for the whole sweep: in every job's overrides
 LRS = ("1e-5", "3e-5", "5e-5")
@@ -225,13 +223,13 @@ def test_write_produces_csv_markdown_and_a_plot(sweep):
     assert red.sum() > 20 and blue.sum() > 20  # the starred best run and the per-seed dots are drawn
 
 
+@pytest.mark.subprocess
 def test_plotting_keeps_the_global_backend_and_never_loads_pyplot(sweep):
     # In a fresh interpreter: pyplot may already be loaded by other tests in this one. The backend is set
     # explicitly because asking matplotlib for an automatic one would itself load pyplot.
     script = (f"import sys, matplotlib; from sft.summarize import write; write({str(sweep)!r}); "
               "assert 'matplotlib.pyplot' not in sys.modules; assert matplotlib.get_backend() == 'svg'")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "MPLBACKEND": "svg"})
+    done = python(["-c", script], env={"MPLBACKEND": "svg"}, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (sweep / "summary.png").is_file()
 

@@ -6,8 +6,12 @@ import csv
 import json
 import statistics
 
+import pytest
+
 from tests.conftest import FAST
-from tests.test_cli import python
+from tests.helpers import python
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.multirun]
 
 
 def test_grid_multirun_writes_one_folder_per_job_and_a_summary(tiny_bert, tmp_path):

@@ -96,35 +96,5 @@ def claimed_gpu(lock_dir: str | Path, n_gpus: int, poll_seconds: float = 2.0) ->
         time.sleep(poll_seconds)
 
 
-def _hydra_config() -> object | None:
-    """This job's Hydra runtime config (None outside a Hydra job, or without Hydra)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-    except ImportError:
-        return None
-    return HydraConfig.get() if HydraConfig.initialized() else None
-
-
-def launcher_cpus() -> int | None:
-    """``hydra.launcher.cpus_per_task`` of a submitit launcher: the cores this job may use (None if unset)."""
-    hydra_cfg = _hydra_config()
-    if hydra_cfg is None or "submitit" not in str(hydra_cfg.launcher.get("_target_", "")):
-        return None
-    cpus = hydra_cfg.launcher.get("cpus_per_task")
-    return int(cpus) if cpus else None
-
-
-def parallel_sweep_dir() -> Path | None:
-    """The sweep folder when this job is one of several running at once on this machine (joblib launcher)."""
-    from hydra.types import RunMode
-
-    hydra_cfg = _hydra_config()
-    if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    if "joblib" not in str(hydra_cfg.launcher.get("_target_", "")):
-        return None
-    return Path(hydra_cfg.sweep.dir)
-
-
 def wants_one_gpu(trainer_cfg: dict) -> bool:
     return trainer_cfg.get("accelerator") in ("gpu", "cuda", "auto", None) and trainer_cfg.get("devices") in (1, "1", None)

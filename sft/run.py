@@ -45,7 +45,7 @@ def main(cfg: DictConfig) -> float | None:
 def job_resources(cfg: DictConfig) -> Iterator[DictConfig]:
     """What the launcher gives this job: a submitit job's share of the cores (``torch_threads``), and one GPU
     of a multi-GPU machine for each of the joblib launcher's parallel jobs (claimed while the job runs)."""
-    from sft.devices import claimed_gpu, gpu_count, launcher_cpus, parallel_sweep_dir, wants_one_gpu
+    from sft.devices import claimed_gpu, gpu_count, wants_one_gpu
 
     cfg = cfg.copy()
     threads = launcher_cpus()
@@ -67,6 +67,34 @@ def job_resources(cfg: DictConfig) -> Iterator[DictConfig]:
             cfg.trainer.devices = [index]
             cfg.trainer.accelerator = "gpu"
         yield cfg
+
+
+def _hydra_config() -> object | None:
+    """This job's Hydra runtime config (None outside a Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def launcher_cpus() -> int | None:
+    """``hydra.launcher.cpus_per_task`` of a submitit launcher: the cores this job may use (None if unset)."""
+    hydra_cfg = _hydra_config()
+    if hydra_cfg is None or "submitit" not in str(hydra_cfg.launcher.get("_target_", "")):
+        return None
+    cpus = hydra_cfg.launcher.get("cpus_per_task")
+    return int(cpus) if cpus else None
+
+
+def parallel_sweep_dir() -> Path | None:
+    """The sweep folder when this job is one of several running at once on this machine (joblib launcher)."""
+    from hydra.types import RunMode
+
+    hydra_cfg = _hydra_config()
+    if hydra_cfg is None or hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    if "joblib" not in str(hydra_cfg.launcher.get("_target_", "")):
+        return None
+    return Path(hydra_cfg.sweep.dir)
 
 
 # The configs Hydra plugins bring -> their pip package (Hydra's "Could not find" names the config, not the package).

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sft.callbacks import DeferredRequeue, ValidateAtStepLimit, WorkerRanks, ordered_callbacks
 from sft.config import instantiate, instantiate_all, plain
@@ -114,6 +114,3 @@ def run_summary(cfg: DictConfig | dict[str, Any], split: str) -> dict[str, str]:
     return {"model": str(model.get("name_or_path") or model.get("arch") or model.get("_target_")),
             "data": str(data.get("path") or data.get("_target_")), "split": str(split)}
 
-
-def saved_run_config(run_dir: Path) -> DictConfig:
-    return OmegaConf.load(run_dir / "config.yaml")

@@ -37,7 +37,7 @@ test-slow: install ## Run only the slow tests (real SST-2 fine-tune, installed-c
 test-all: install ## Run every test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install ## Lint: ruff, and import-linter's layer contract (pyproject.toml: no upward import, no cycle)
+lint: install ## Lint: ruff, and import-linter contracts (pyproject.toml: layers, no cycle, no Hydra below the pipeline)
 	$(VENV)/bin/ruff check sft tests bench
 	$(VENV)/bin/lint-imports
 
@@ -47,5 +47,5 @@ bench: install ## Benchmarks: text (vs HF Trainer, plain loop), images (vs plain
 	@if [ -f bench/bench_probe.py ]; then $(PY) bench/bench_probe.py; fi
 
 clean: ## Remove caches and build files (keeps .venv and outputs/)
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .import_linter_cache
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

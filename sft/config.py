@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sft.errors import ConfigError, SftError
-from sft.rundir import metric_mode, run_dir_of
+from sft.rundir import metric_mode, run_dir_of, saved_data_config
 
 
 def config_dir() -> str:
@@ -60,7 +60,7 @@ def data_config(model_path: Path, overrides: list[str]) -> DictConfig:
     """The data node for a trained model: composed from overrides, else the run's saved config."""
     run_dir = run_dir_of(model_path)
     if not overrides and run_dir is not None:
-        return OmegaConf.load(run_dir / "config.yaml").data
+        return saved_data_config(run_dir)
     if not overrides:
         raise ConfigError(
             f"{model_path} is not inside an sft run folder, so say which data to use, e.g. "

@@ -92,6 +92,23 @@ def run_dir_of(path: Path) -> Path | None:
     return None
 
 
+DATA_PATH_KEYS = ("path", "train", "val", "test")  # the data settings that name files or folders
+
+
+def saved_data_config(run_dir: Path) -> DictConfig:
+    """The run's ``data`` node, with relative data paths made absolute against the folder the run was started
+    from (run.json's ``cwd``): the run folder then works from any working directory."""
+    data = OmegaConf.load(run_dir / "config.yaml").data
+    runs_file = run_dir / "run.json"
+    starts = json.loads(runs_file.read_text()).get("starts", []) if runs_file.is_file() else []
+    started_in = Path(starts[0]["cwd"]) if starts and starts[0].get("cwd") else None
+    for key in DATA_PATH_KEYS:
+        value = data.get(key)
+        if started_in is not None and isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            data[key] = str(started_in / value)
+    return data
+
+
 def is_export_dir(folder: Path) -> bool:
     return any((folder / marker).is_file() for marker in EXPORT_MARKERS)
 

@@ -120,3 +120,25 @@ def test_predict_bad_inputs(run_dir, tmp_path, capsys):
         src = tmp_path / "x.csv"
         src.write_text("review\nfine\n")
         read_texts(str(src), "text")
+
+
+def test_a_run_on_relative_data_paths_is_evaluated_from_any_folder(tiny_bert, compose_cfg, tmp_path, monkeypatch):
+    """config.yaml keeps data paths as given (relative to where the run started); eval / explain resolve them
+    against run.json's cwd, so `python -m sft.eval <run>` works from another folder (it failed with
+    "data.train='data/train.csv' ... no such file" before)."""
+    from tests.conftest import FAST
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    rows = [("a warm and funny film", "pos"), ("a dull and tedious mess", "neg")] * 30
+    with (project / "data" / "train.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    monkeypatch.chdir(project)
+    run = project / "run"
+    saved = train(compose_cfg(f"model.name_or_path={tiny_bert}", f"output_dir={run}", *FAST, "data=text_file",
+                              "data.train=data/train.csv", "data.batch_size=8"))
+    monkeypatch.chdir(tmp_path)
+    assert not (tmp_path / "data" / "train.csv").exists()
+    metrics = evaluate(run, "test")
+    assert metrics["test/acc"] == pytest.approx(saved["test/acc"], abs=1e-6)
+    assert metrics["test/samples"] == 6  # test_size 0.1 of 60 rows

@@ -6,7 +6,8 @@ and runs the sections named in the ``report`` config. Each section is one
 module (``sft.report.registry.SECTIONS`` maps names to modules, in page order) with
 ``section(ctx, settings) -> dict`` (JSON-able; keys starting with ``_`` hold rendering assets, PNG
 thumbnails as base64, that go into ``report.html`` but not ``report.json``), optional ``check_settings``,
-and for the page its ``TITLE``, ``HOW`` (how to read it) and ``render(data) -> str`` (its HTML).
+and for the page its ``TITLE``, ``HOW`` (how to read it), ``render(data) -> str`` (its HTML) and optionally
+``summary(data)`` (its headline numbers in the strip at the top).
 ``sft.report.page.render`` assembles the whole report dict into one self-contained HTML page;
 ``sft.report.figures`` draws the figures and ``sft.report.htmlparts`` holds the shared HTML pieces.
 

@@ -95,3 +95,6 @@ def test_the_earlier_freeze_sklearn_spelling_still_runs_and_its_moved_keys_name_
     check_config(old)
     with pytest.raises(ConfigError, match="freeze.pooling moved to probe.pooling"):
         check_config(compose_cfg("freeze=sklearn", "freeze.pooling=mean", "output_dir=."))
+    mixed = compose_cfg("freeze=sklearn", "probe.pooling=mean", "output_dir=.")  # old group, new key: fine
+    check_config(mixed)
+    assert mixed.probe.pooling == "mean"

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sft.devices import gpu_count
 from sft.errors import ConfigError, SftError
 from sft.rundir import metric_mode, run_dir_of, saved_data_config
 
@@ -35,17 +36,11 @@ def probe_lr(optimizer_target: str) -> float:
     return PROBE_LR.get(str(optimizer_target), 1e-3)
 
 
-def _gpu_count() -> int:
-    from sft.devices import gpu_count
-
-    return gpu_count()
-
-
 # ${metric_mode:val/loss} -> min (ModelCheckpoint, EarlyStopping); ${metric_direction:val/acc} -> maximize (Optuna).
 OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
 OmegaConf.register_new_resolver("metric_direction", lambda m: metric_mode(m) + "imize", replace=True)
 OmegaConf.register_new_resolver("probe_lr", probe_lr, replace=True)
-OmegaConf.register_new_resolver("gpu_count", _gpu_count, replace=True)  # hydra/launcher=gpu_pool
+OmegaConf.register_new_resolver("gpu_count", gpu_count, replace=True)  # hydra/launcher=gpu_pool
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -103,6 +98,11 @@ def missing_package(error: ImportError) -> str:
         return str(error.name).split(".")[0]
     found = re.search(r"Requirement '([A-Za-z0-9_.\-]+)", str(error))
     return found.group(1) if found else "the missing package"
+
+
+def override_key(override: str) -> str:
+    """``optimizer.lr`` of ``optimizer.lr=1e-5``, ``+x=1``, ``++x=1`` or ``~x``."""
+    return override.partition("=")[0].lstrip("+~")
 
 
 def plain(node: Any) -> Any:

@@ -35,11 +35,11 @@ def report_for_run(run_dir: str | Path, overrides: list[str] | None = None) -> d
     """The report of a finished run folder, from its export (or best checkpoint) and its saved config."""
     from omegaconf import OmegaConf
 
-    from sft.config import compose_config, data_config, plain
+    from sft.config import compose_config, data_config, override_key, plain
     from sft.inference import label_names, load_model
     from sft.pipeline.build import build_datamodule, pretrained_builder, run_summary
     from sft.report.make import build_context, make_report
-    from sft.report.registry import check_report_settings
+    from sft.report.registry import check_report_settings, report_enabled
 
     run_dir = Path(run_dir).expanduser().resolve()
     if not _is_run_dir(run_dir):
@@ -49,14 +49,14 @@ def report_for_run(run_dir: str | Path, overrides: list[str] | None = None) -> d
     report_overrides = [o for o in overrides if o.lstrip("+~").startswith("report")]
     data_overrides = [o for o in overrides if o not in report_overrides]
     run_cfg = OmegaConf.load(run_dir / "config.yaml")
-    group_choice = [o for o in report_overrides if o.split("=")[0].lstrip("+~") == "report"]
+    group_choice = [o for o in report_overrides if override_key(o) == "report"]
     if group_choice or not (run_cfg.get("report") or {}).get("sections"):  # report=fast etc., or the run had none
         report_cfg = compose_config(report_overrides).report
     else:  # report.x=y: on top of what the run itself used
         report_cfg = OmegaConf.merge(run_cfg.report, OmegaConf.from_dotlist(
             [o.lstrip("+").removeprefix("report.") for o in report_overrides]))
     report = plain(report_cfg)
-    if not report.get("sections"):
+    if not report_enabled(report):
         raise ConfigError("report.sections is empty: name the sections to run, e.g. report=default or "
                           "report.sections=[performance,calibration].")
     check_report_settings(report)
@@ -74,13 +74,14 @@ def report_for_run(run_dir: str | Path, overrides: list[str] | None = None) -> d
     ctx = build_context(model, datamodule, split=split, seed=int(run_cfg.get("seed", 0)),
                         pretrained=pretrained_builder(run_cfg.model, len(names)) if "model" in run_cfg else None)
     run_cfg.data = data_cfg
-    return make_report(ctx, report, run_dir, run_summary(run_cfg, split))
+    return make_report(ctx, report, run_dir, run_summary(run_cfg))
 
 
 def report_for_sweep(folder: str | Path) -> dict[str, Any]:
     """Stability over the runs of a multirun folder; runs without predictions.csv get one first."""
     from sft.report.page import write
     from sft.report.stability import find_runs, stability
+    from sft.rundir import TIMESTAMP
 
     folder = Path(folder).expanduser().resolve()
     for run in find_runs(folder):
@@ -89,7 +90,7 @@ def report_for_sweep(folder: str | Path) -> dict[str, Any]:
             report_for_run(run, ["report=fast"])
     started = time.perf_counter()
     report = {"run": {"dir": str(folder), "model": "", "data": "", "split": "test",
-                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                      "created": time.strftime(TIMESTAMP)},
               "sections": {"stability": stability(folder)}, "skipped": {}}
     report["timings"] = {"stability": round(time.perf_counter() - started, 3)}
     write(report, folder)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sft.data.batching import PadCollator
+from sft.data.batching import PadCollator, length_batches
 from sft.errors import ConfigError
 from sft.rundir import CALIBRATION_FILE, is_export_dir, run_dir_of
 
@@ -173,10 +173,9 @@ def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int 
     from torch.utils.data import DataLoader
 
     encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))  # less padding
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     examples = [(torch.tensor(ids), 0) for ids in encoded]
-    loader = DataLoader(examples, batch_sampler=batches, collate_fn=PadCollator(tokenizer.pad_token_id or 0))
+    loader = DataLoader(examples, batch_sampler=length_batches([len(ids) for ids in encoded], batch_size),
+                        collate_fn=PadCollator(tokenizer.pad_token_id or 0))
     if not texts:
         return torch.empty(0, model.hparams.num_labels)
     return (outputs(model, loader).logits / temperature).softmax(-1)

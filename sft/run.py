@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from sft.config import CONFIG_DIR
+from sft.config import CONFIG_DIR, override_key
 from sft.errors import ConfigError, SftError
 
 
@@ -113,7 +113,7 @@ def missing_plugin(argv: list[str]) -> str | None:
     from hydra.errors import MissingConfigException
 
     groups = [arg for arg in argv if not arg.startswith("-") and "=" in arg and "," not in arg
-              and Path(CONFIG_DIR, arg.lstrip("+~").partition("=")[0]).is_dir()]
+              and Path(CONFIG_DIR, override_key(arg)).is_dir()]
     chosen = [arg for arg in groups if arg.lstrip("+~").startswith(("hydra/", "hparams_search"))]
     if not chosen:
         return None

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from sft.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+TIMESTAMP = "%Y-%m-%dT%H:%M:%S%z"  # run.json's start times, the report's creation time
 
 
 def git_revision(path: Path = PACKAGE_DIR) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def write_run_info(output_dir: Path, cfg: DictConfig, **extra: Any) -> None:
         "git": git_revision(),
         "versions": versions(),
         "host": platform.node(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started": time.strftime(TIMESTAMP),
         **extra,
     }
     # Appended, not overwritten: a resumed run keeps the record of every start.

@@ -27,6 +27,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from sft.config import override_key
 from sft.errors import ConfigError, DataError, SftError, command_line
 from sft.report.figures import mpl_text  # a `$` in an override value would otherwise start mathtext
 from sft.report.stability import PREFERRED_ORDER, SKIPPED_PREFIXES, metric_stats, natural_key, read_metrics
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 OK, UNFINISHED, FAILED = "ok", "unfinished", "failed"
 MODES = ("max", "min")
 DEFAULT_METRIC = "val/acc"
-# Metric names where smaller is better, when neither --mode nor the sweeper's direction says otherwise.
 SEED_KEY = "seed"
 BASE_CONFIGURATION = "(shared overrides only)"  # label of the configuration that adds nothing to the shared ones
 MAX_MARKDOWN_METRICS = 6  # wider tables do not read in a terminal; summary.csv has every metric
@@ -46,11 +46,6 @@ EXPECTED = "a Hydra multirun folder (e.g. outputs/multirun/<time>, from `python 
 
 
 # ---------------------------------------------------------------------- reading the jobs
-def override_key(override: str) -> str:
-    """``optimizer.lr`` of ``optimizer.lr=1e-5``, ``+x=1``, ``++x=1`` or ``~x``."""
-    return override.partition("=")[0].lstrip("+~")
-
-
 def parse_overrides(overrides: Sequence[str]) -> dict[str, str | None]:
     """``["optimizer.lr=1e-5", "~logger"]`` -> ``{"optimizer.lr": "1e-5", "logger": None}`` (values as written)."""
     parsed: dict[str, str | None] = {}

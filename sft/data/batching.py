@@ -43,6 +43,13 @@ def distributed_rank() -> tuple[int, int]:
     return 0, 1
 
 
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Every index once, shortest first, cut into batches of ``batch_size``: little padding per batch. Whoever
+    runs them puts the results back in index order (``sft.inference.outputs`` does)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def eval_batches(n: int, batch_size: int, rank: int | None = None, world: int | None = None) -> list[list[int]]:
     """This process's share of an evaluation split, in order: every example exactly once over all ranks
     (Lightning's DistributedSampler would pad with repeats and skew the metrics).

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from sft.cache import atomic_save
 from sft.cache import cache_dir as sft_cache_dir
 from sft.data.base import ClassificationDataModule
-from sft.data.batching import PadCollator, eval_batches
+from sft.data.batching import PadCollator, eval_batches, length_batches
 from sft.data.sources import SPLITS, TextSplits, subsample
 from sft.errors import ConfigError
 
@@ -205,9 +205,7 @@ class TextDataModule(ClassificationDataModule):
         over random-order batches costs ~2.5x more). ``loader.batch_sampler`` lists the indices in order."""
         dataset = self.datasets[split]
         size = int(self.eval_batch_size or (64 if self.batch_size == "full" else max(int(self.batch_size), 64)))
-        by_length = sorted(range(len(dataset)), key=dataset.lengths().__getitem__)
-        batches = [by_length[i : i + size] for i in range(0, len(by_length), size)]
-        return self._loader(dataset, batch_sampler=batches)
+        return self._loader(dataset, batch_sampler=length_batches(dataset.lengths(), size))
 
 
 

@@ -42,7 +42,6 @@ class FreezeSpec:
         if isinstance(value, str):
             value = {"strategy": value}
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(value) - known)
         # Probe options lived here before: their defaults (in older checkpoints' hyper-parameters) are dropped.
         value = {k: v for k, v in value.items() if MOVED_TO_PROBE.get(k, object()) != v}
         unknown = sorted(set(value) - known)

@@ -108,9 +108,9 @@ def report_settings(cfg: DictConfig) -> dict[str, Any] | None:
     return report if cfg.get("test", True) and report_enabled(report) else None
 
 
-def run_summary(cfg: DictConfig | dict[str, Any], split: str) -> dict[str, str]:
-    """What the report's header names: the model, the data and the split."""
+def run_summary(cfg: DictConfig | dict[str, Any]) -> dict[str, str]:
+    """What the report's header names: the model and the data."""
     model, data = cfg.get("model") or {}, cfg.get("data") or {}
     return {"model": str(model.get("name_or_path") or model.get("arch") or model.get("_target_")),
-            "data": str(data.get("path") or data.get("_target_")), "split": str(split)}
+            "data": str(data.get("path") or data.get("_target_"))}
 

@@ -8,6 +8,7 @@ import inspect
 
 from omegaconf import DictConfig, OmegaConf
 
+from sft.config import plain
 from sft.errors import ConfigError
 from sft.finetune import FREEZE_STRATEGIES
 from sft.finetune.strategy import FreezeSpec
@@ -47,10 +48,10 @@ def check_config(cfg: DictConfig) -> None:
     strategy = OmegaConf.select(cfg, "freeze.strategy")
     if strategy not in FREEZE_STRATEGIES:
         raise ConfigError(f"freeze.strategy={strategy!r}: choose one of {list(FREEZE_STRATEGIES)}.")
-    FreezeSpec.parse(OmegaConf.to_container(cfg.freeze, resolve=True))  # k, milestones, lr_decay, head_lr
+    FreezeSpec.parse(plain(cfg.freeze))  # k, milestones, lr_decay, head_lr
     check_probe(cfg.get("probe"), cfg.freeze)
     if cfg.get("report") is not None:
-        check_report_settings(OmegaConf.to_container(cfg.report, resolve=True))
+        check_report_settings(plain(cfg.report))
     for key in ("data.train_size", "data.shots_per_class"):
         value = OmegaConf.select(cfg, key)
         if value is not None and (not _number(value) or value <= 0):

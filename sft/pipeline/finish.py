@@ -44,7 +44,7 @@ def _report(fitted: Fitted, output_dir: Path, report: dict[str, Any], metrics: d
         if fitted.device is not None:  # Lightning leaves the model on the CPU after test
             fitted.model.to(fitted.device)
         ctx = build_context(fitted.model, fitted.datamodule, split=split, seed=seed, pretrained=pretrained)
-        result = make_report(ctx, report, output_dir, {**run_summary, "split": split})
+        result = make_report(ctx, report, output_dir, run_summary)
     except Exception:
         write_metrics(output_dir, metrics)
         log.error("The report failed; the model, export and metrics are saved. Retry with "

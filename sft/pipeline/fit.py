@@ -57,11 +57,9 @@ def saved_progress(checkpoint: dict[str, Any]) -> tuple[int, int]:
 def fit_progress(trainer: Any, callbacks: list[Any]) -> tuple[int, int]:
     """Epochs and optimizer steps of the fit. With forked / spawned DDP ranks the fit ran in the workers and this
     process's trainer never advanced: the counts come from the last checkpoint the workers wrote."""
-    if worker_launcher(trainer) is not None:
-        for cb in callbacks:
-            finished = finished_checkpoint(str(cb.path)) if isinstance(cb, LastCheckpoint) and cb.path.is_file() else None
-            if finished:
-                return saved_progress(finished)
+    finished = finished_checkpoint(last_checkpoint(callbacks)) if worker_launcher(trainer) is not None else None
+    if finished:
+        return saved_progress(finished)
     return epochs_trained(trainer), trainer.global_step
 
 

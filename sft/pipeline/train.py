@@ -45,4 +45,4 @@ def train(cfg: DictConfig) -> dict[str, float]:
     report = build.report_settings(cfg)
     return finish(fitted, output_dir, export=cfg.get("export", True), report=report, seed=cfg.seed,
                   pretrained=build.pretrained_builder(cfg.model, len(datamodule.label_names)),
-                  run_summary=build.run_summary(cfg, (report or {}).get("split", "test")))
+                  run_summary=build.run_summary(cfg))

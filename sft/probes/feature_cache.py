@@ -47,13 +47,6 @@ def cache_key(model: Any, datamodule: Any, pooling: str = "head") -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:24]
 
 
-def compute_features(model: Any, loader: DataLoader, device: torch.device,
-                     pooling: str = "head") -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and labels in dataset order, whatever order the loader's batches visit the examples in."""
-    result = outputs(model, loader, model.features if pooling == "head" else model.mean_features, device=device)
-    return result.logits, result.labels
-
-
 def cached_features(model: Any, datamodule: Any, cache_dir: str | Path | None = None,
                     device: torch.device | None = None, pooling: str = "head") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{split: (features, labels)}`` from the cache, computing (and saving atomically) when absent."""
@@ -67,11 +60,14 @@ def cached_features(model: Any, datamodule: Any, cache_dir: str | Path | None = 
         payload = torch.load(path, weights_only=True)
         return {s: (payload[s]["features"], payload[s]["labels"]) for s in SPLITS}
     device = device or torch.device("cpu")
-    was_training = model.training
-    model.eval().to(device)
+    model.to(device)
     started = time.perf_counter()
-    result = {s: compute_features(model, datamodule.ordered_dataloader(s), device, pooling) for s in SPLITS}
-    model.train(was_training)
+    extract = model.features if pooling == "head" else model.mean_features
+    # Features and labels in dataset order, whatever order the length-sorted batches visit the examples in.
+    result = {}
+    for split in SPLITS:
+        out = outputs(model, datamodule.ordered_dataloader(split), extract, device=device)
+        result[split] = (out.logits, out.labels)
     log.info("Computed backbone features for %s examples in %.1f s; cached in %s",
              "/".join(str(len(result[s][1])) for s in SPLITS), time.perf_counter() - started, path)
     atomic_save({s: {"features": f, "labels": y} for s, (f, y) in result.items()}, path)

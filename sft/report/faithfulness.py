@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from sft.data.batching import length_batches
 from sft.errors import ConfigError, DataError
 from sft.inference import chunks, outputs
 from sft.report.attribution import (
@@ -174,8 +175,7 @@ def class_probabilities(model: Any, sequences: list[torch.Tensor], pad: int) -> 
     """Class probabilities (N, C) of token id sequences of different lengths, batched by length (little
     padding)."""
     forward = text_probability_forward(model)
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    loader = DataLoader(sequences, batch_sampler=[order[s : s + TEXT_BATCH] for s in range(0, len(order), TEXT_BATCH)],
+    loader = DataLoader(sequences, batch_sampler=length_batches([len(seq) for seq in sequences], TEXT_BATCH),
                         collate_fn=lambda chunk: dict(zip(("input_ids", "attention_mask"), pad_batch(chunk, pad), strict=True)))
     device = next(model.parameters()).device
     return outputs(model, loader, lambda b: forward(b["input_ids"], b["attention_mask"]), device=device).logits.double()

@@ -19,7 +19,7 @@ from sft.inference import split_outputs
 from sft.report.context import ReportContext
 from sft.report.page import write
 from sft.report.registry import check_report_settings, section_module
-from sft.rundir import CALIBRATION_FILE
+from sft.rundir import CALIBRATION_FILE, TIMESTAMP
 
 log = logging.getLogger("sft")
 
@@ -109,9 +109,10 @@ def calibration_metrics(report: dict[str, Any] | None, split: str) -> dict[str, 
 
 
 def make_report(ctx: ReportContext, report: dict[str, Any], run_dir: Path, run_info: dict[str, Any]) -> dict[str, Any]:
-    """Run the sections and write report.html, report.json, predictions.csv (and calibration.json)."""
+    """Run the sections and write report.html, report.json, predictions.csv (and calibration.json). ``run_info``:
+    what the page's header names (model, data); the split is the context's."""
     started = time.perf_counter()
-    result = {"run": {**run_info, "dir": str(run_dir), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    result = {"run": {**run_info, "split": ctx.split, "dir": str(run_dir), "created": time.strftime(TIMESTAMP)},
               **run_sections(ctx, report)}
     run_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(ctx, run_dir)

@@ -13,19 +13,17 @@ taking the whole page down (the report is written after a training run that may 
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from sft.report.figures import STYLE
 from sft.report.htmlparts import MISSING, box, esc, how, is_num, num, table
-from sft.report.registry import page_sections
+from sft.report.registry import page_sections, section_module
 
 log = logging.getLogger(__name__)
 
@@ -158,18 +156,12 @@ def _write_text(path: Path, text: str) -> None:
 # ---------------------------------------------------------------------------------------------- sections
 
 
-def _module(name: str) -> ModuleType | None:
-    """The module of a section the registry knows (imported only when the page shows that section)."""
-    path = page_sections().get(name)
-    return importlib.import_module(path) if path else None
-
-
 def _title(name: str) -> str:
-    return getattr(_module(name), "TITLE", name)
+    return getattr(section_module(name), "TITLE", name)
 
 
 def _renderer(name: str) -> Callable[[dict[str, Any]], str]:
-    return getattr(_module(name), "render", _generic)
+    return getattr(section_module(name), "render", _generic)
 
 
 # ---------------------------------------------------------------------------------------------- html pieces
@@ -191,7 +183,7 @@ def _summary_strip(sections: dict[str, Any]) -> str:
     """The headline numbers: each section's ``summary(data) -> [(label, html)]``, in page order."""
     stats: list[tuple[str, str]] = []
     for name in page_sections():
-        summary = getattr(_module(name), "summary", None) if isinstance(sections.get(name), dict) else None
+        summary = getattr(section_module(name), "summary", None) if isinstance(sections.get(name), dict) else None
         if summary is not None:
             stats += summary(sections[name])
     if not stats:

@@ -26,8 +26,10 @@ MULTIRUN_SECTIONS = {"stability": "sft.report.stability"}
 SPLITS = ("val", "test")
 
 
-def section_module(name: str) -> ModuleType:
-    return importlib.import_module(SECTIONS[name])
+def section_module(name: str) -> ModuleType | None:
+    """The module of a section the page knows (imported only when asked for); None for an unknown name."""
+    path = page_sections().get(name)
+    return importlib.import_module(path) if path else None
 
 
 def page_sections() -> dict[str, str]:

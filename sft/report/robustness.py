@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sft.data.batching import length_batches
 from sft.errors import ConfigError
 from sft.report.htmlparts import MISSING, esc, how, is_num, num, table
 
@@ -141,10 +142,8 @@ DESCRIPTIONS = {
 
 def _text_predictions(ctx: Any, texts: list[str]) -> torch.Tensor:
     # Length-sorted chunks: little padding per forward pass; predictions go back to split order.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     preds = torch.empty(len(texts), dtype=torch.long)
-    for start in range(0, len(order), TEXT_CHUNK):
-        chunk = order[start : start + TEXT_CHUNK]
+    for chunk in length_batches([len(text) for text in texts], TEXT_CHUNK):
         logits = ctx.logits_of(ctx.encode([texts[i] for i in chunk]), batch_size=TEXT_CHUNK)
         preds[chunk] = logits.argmax(-1)
     return preds

@@ -41,7 +41,7 @@ class LastCheckpoint(Checkpoint):
         tmp = self.path.with_name(self.path.name + ".tmp")
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # explicit: Lightning logs its default at every save
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         self._saved_at_step = trainer.global_step

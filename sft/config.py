@@ -42,6 +42,12 @@ OmegaConf.register_new_resolver("metric_direction", lambda m: metric_mode(m) + "
 OmegaConf.register_new_resolver("probe_lr", probe_lr, replace=True)
 OmegaConf.register_new_resolver("gpu_count", gpu_count, replace=True)  # hydra/launcher=gpu_pool
 
+# The metric a task is judged by (data.metric, the default optimized_metric): by task type, or by GLUE task
+# (GLUE's own: MCC for CoLA, F1 of the positive class for MRPC / QQP, Pearson for STS-B).
+TASK_METRICS = {"single_label": "val/acc", "regression": "val/pearson", "multi_label": "val/macro_f1",
+                "token": "val/f1", "cola": "val/mcc", "mrpc": "val/f1", "qqp": "val/f1", "stsb": "val/pearson"}
+OmegaConf.register_new_resolver("task_metric", lambda task: TASK_METRICS.get(str(task), "val/acc"), replace=True)
+
 
 def compose_config(overrides: list[str]) -> DictConfig:
     """The full config composed from sft's config folder, as ``sft.run`` would (outside a Hydra run)."""
@@ -52,10 +58,17 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
 
 def data_config(model_path: Path, overrides: list[str]) -> DictConfig:
-    """The data node for a trained model: composed from overrides, else the run's saved config."""
+    """The data node for a trained model: the run's saved config (with ``data.<key>=...`` overrides applied), or
+    composed from the overrides when they choose a data option (``data=...``) or there is no run folder."""
     run_dir = run_dir_of(model_path)
     if not overrides and run_dir is not None:
         return saved_data_config(run_dir)
+    if run_dir is not None and all(override_key(o).startswith("data.") for o in overrides):
+        # Settings on top of the run's own data (e.g. data.test=<your labelled file>), not a new data option.
+        data = saved_data_config(run_dir)
+        for key, value in OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]).data.items():
+            OmegaConf.update(data, key, value, force_add=True)
+        return data
     if not overrides:
         raise ConfigError(
             f"{model_path} is not inside an sft run folder, so say which data to use, e.g. "

@@ -21,19 +21,22 @@ def evaluate(model_path: str | Path, split: str = "test", overrides: list[str] |
              batch_size: int = 64) -> dict[str, float]:
     from sft.config import data_config
     from sft.inference import label_names, load_model, outputs
-    from sft.metrics import split_metrics
     from sft.pipeline.build import build_datamodule
 
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"--split {split!r}: choose train, val or test.")
     model, data_inputs = load_model(model_path)
     names = label_names(model)
     data_cfg = data_config(Path(model_path).expanduser(), overrides or [])
     datamodule = build_datamodule(data_cfg, **data_inputs, label_names=names, eval_batch_size=batch_size)
     datamodule.prepare_data()
+    splits = getattr(datamodule, "split_names", ("train", "val", "test"))
+    if split not in splits:
+        raise ConfigError(f"--split {split!r}: choose one of {', '.join(splits)}.")
+    if datamodule.task.kind != model.task.kind:
+        raise ConfigError(f"The model is a {model.task.kind} model but the data is a {datamodule.task.kind} task: "
+                          "evaluate it on data of its own task (e.g. data.test=<file> with the run's data settings).")
     datamodule.setup("test")
     result = outputs(model, datamodule.eval_dataloader(split))  # sequential: the split's own order
-    metrics = split_metrics(result.logits, result.labels, split)
+    metrics = model.split_metrics(result.logits, result.labels, split)
     metrics[f"{split}/samples"] = float(len(result.labels))
     return dict(sorted(metrics.items()))
 

@@ -72,7 +72,7 @@ def report_for_run(run_dir: str | Path, overrides: list[str] | None = None) -> d
     datamodule.prepare_data()
     split = report.get("split", "test")
     ctx = build_context(model, datamodule, split=split, seed=int(run_cfg.get("seed", 0)),
-                        pretrained=pretrained_builder(run_cfg.model, len(names)) if "model" in run_cfg else None)
+                        pretrained=pretrained_builder(run_cfg.model, model.task) if "model" in run_cfg else None)
     run_cfg.data = data_cfg
     return make_report(ctx, report, run_dir, run_summary(run_cfg))
 

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 from sft.data.batching import PadCollator, length_batches
+from sft.data.encoding import encode, takes_token_types
 from sft.errors import ConfigError
+from sft.export import THRESHOLDS_FILE
 from sft.rundir import CALIBRATION_FILE, is_export_dir, run_dir_of
 
 
@@ -66,14 +68,24 @@ def outputs(model: Any, batches: Iterable[dict[str, Any]], forward: Callable[[di
             if "labels" in batch:
                 labels.append(batch["labels"].cpu())
     model.train(was_training)
-    out = torch.cat(values) if values else torch.empty(0)
-    targets = torch.cat(labels).long() if labels and len(labels) == len(values) else None
+    out = _cat(values, 0.0) if values else torch.empty(0)
+    targets = _cat(labels, -100) if labels and len(labels) == len(values) else None
     order = _dataset_order(batches)
     if order is not None and len(order) == len(out):
         out[order] = out.clone()
         if targets is not None:
             targets[order] = targets.clone()
     return Outputs(out, targets)
+
+
+def _cat(parts: list[torch.Tensor], fill: float) -> torch.Tensor:
+    """Concatenate batches; per-token outputs (N, T, C) / labels (N, T) of batches padded to different widths are
+    padded to the widest (labels with -100, which the token metrics skip)."""
+    if parts[0].ndim >= 2 and len({p.shape[1] for p in parts}) > 1:
+        width = max(p.shape[1] for p in parts)
+        parts = [torch.nn.functional.pad(p, (0, 0) * (p.ndim - 2) + (0, width - p.shape[1]), value=fill)
+                 for p in parts]
+    return torch.cat(parts)
 
 
 def split_outputs(model: Any, datamodule: Any, split: str) -> Outputs:
@@ -135,7 +147,13 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     if p.is_dir():
         config = json.loads((p / "config.json").read_text())
         id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
-        model = TextClassifier(str(p), num_labels=len(id2label), id2label=id2label).eval()
+        labels_file = p / "labels.json"
+        task = json.loads(labels_file.read_text()).get("task") if labels_file.is_file() else None
+        model = TextClassifier(str(p), num_labels=len(id2label), id2label=id2label, task=task).eval()
+        thresholds = p / THRESHOLDS_FILE
+        if getattr(model, "thresholds", None) is not None and thresholds.is_file():
+            saved = json.loads(thresholds.read_text())["thresholds"]
+            model.thresholds.copy_(torch.tensor([float(saved[name]) for name in model.task.label_names]))
         return model, {"tokenizer": load_tokenizer(str(p))}
     model = TextClassifier.from_checkpoint(str(p))
     # The tokenizer: the run's export/ when present, else where the model came from.
@@ -166,25 +184,72 @@ def label_names(model: Any) -> list[str]:
     return [id2label[i] for i in range(len(id2label))]
 
 
-def predict_proba(model: Any, tokenizer: Any, texts: list[str], max_length: int = 128, batch_size: int = 64,
-                  temperature: float = 1.0) -> torch.Tensor:
-    """Class probabilities (softmax of logits / temperature), one row per text in the given order (batched by
-    length internally)."""
+def text_logits(model: Any, tokenizer: Any, inputs: list[Any], max_length: int = 128, batch_size: int = 64
+                ) -> torch.Tensor:
+    """The model's outputs for texts or (a, b) pairs, one row per input in the given order (batched by length
+    internally), tokenized as the training data was."""
     from torch.utils.data import DataLoader
 
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    examples = [(torch.tensor(ids), 0) for ids in encoded]
-    loader = DataLoader(examples, batch_sampler=length_batches([len(ids) for ids in encoded], batch_size),
+    if not inputs:
+        return torch.empty(0, model.task.num_outputs)
+    encoded = encode(tokenizer, inputs, max_length)
+    segments = encoded["token_type_ids"] if takes_token_types(tokenizer, inputs) else None
+    examples = [{"input_ids": torch.tensor(ids), "labels": torch.tensor(0),
+                 **({"token_type_ids": torch.tensor(segments[i])} if segments else {})}
+                for i, ids in enumerate(encoded["input_ids"])]
+    loader = DataLoader(examples, batch_sampler=length_batches([len(e["input_ids"]) for e in examples], batch_size),
                         collate_fn=PadCollator(tokenizer.pad_token_id or 0))
+    return outputs(model, loader).logits
+
+
+def predict_proba(model: Any, tokenizer: Any, texts: list[Any], max_length: int = 128, batch_size: int = 64,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """Class probabilities (softmax of logits / temperature), one row per text (or pair) in the given order."""
+    return (text_logits(model, tokenizer, texts, max_length, batch_size) / temperature).softmax(-1)
+
+
+def tag_entities(model: Any, tokenizer: Any, texts: list[str], max_length: int = 128, batch_size: int = 64
+                 ) -> list[list[dict[str, Any]]]:
+    """Entities in raw texts, as a token-classification model tags them: per text, ``{"entity", "start", "end",
+    "word", "score"}`` with character offsets into the text. Words are the tokenizer's pre-tokenized words; a word's
+    tag is its first sub-token's (as in training); ``score`` is the mean probability of the entity's words' tags."""
+    from torch.utils.data import DataLoader
+
+    from sft.tasks.token import entity_spans
+
     if not texts:
-        return torch.empty(0, model.hparams.num_labels)
-    return (outputs(model, loader).logits / temperature).softmax(-1)
+        return []
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=True)
+    examples = [{"input_ids": torch.tensor(ids), "labels": torch.tensor(0)} for ids in encoded["input_ids"]]
+    loader = DataLoader(examples, batch_sampler=length_batches([len(e["input_ids"]) for e in examples], batch_size),
+                        collate_fn=PadCollator(tokenizer.pad_token_id or 0))
+    probs = outputs(model, loader).logits.softmax(-1)
+    names = model.task.label_names
+    result = []
+    for i, text in enumerate(texts):
+        first: dict[int, int] = {}  # word -> its first sub-token
+        bounds: dict[int, list[int]] = {}  # word -> [start, end] characters
+        for position, word in enumerate(encoded.word_ids(i)):
+            if word is None:
+                continue
+            first.setdefault(word, position)
+            start, end = encoded["offset_mapping"][i][position]
+            bounds.setdefault(word, [start, end])[1] = end
+        words = sorted(first)
+        best = probs[i, [first[w] for w in words]].max(-1) if words else None
+        tags = [names[j] for j in best.indices.tolist()] if words else []
+        entities = []
+        for kind, w0, w1 in entity_spans(tags):
+            start, end = bounds[words[w0]][0], bounds[words[w1 - 1]][1]
+            entities.append({"entity": kind, "start": start, "end": end, "word": text[start:end],
+                             "score": float(best.values[w0:w1].mean())})
+        result.append(entities)
+    return result
 
 
-def predict_image_proba(model: Any, preprocess: dict[str, Any], paths: list[str], batch_size: int = 32,
-                        temperature: float = 1.0) -> torch.Tensor:
-    """Class probabilities (softmax of logits / temperature), one row per image file in the given order. Every
-    file is checked first, so an unreadable one is a clear error naming it, before any work."""
+def image_logits(model: Any, preprocess: dict[str, Any], paths: list[str], batch_size: int = 32) -> torch.Tensor:
+    """The model's logits, one row per image file in the given order. Every file is checked first, so an
+    unreadable one is a clear error naming it, before any work."""
     from torch.utils.data import DataLoader
 
     from sft.data.image import ImageDataset, build_transforms
@@ -192,4 +257,10 @@ def predict_image_proba(model: Any, preprocess: dict[str, Any], paths: list[str]
 
     check_images([(p, "") for p in paths])
     dataset = ImageDataset([(p, 0) for p in paths], build_transforms(preprocess, train=False))
-    return (outputs(model, DataLoader(dataset, batch_size=batch_size)).logits / temperature).softmax(-1)
+    return outputs(model, DataLoader(dataset, batch_size=batch_size)).logits
+
+
+def predict_image_proba(model: Any, preprocess: dict[str, Any], paths: list[str], batch_size: int = 32,
+                        temperature: float = 1.0) -> torch.Tensor:
+    """Class probabilities (softmax of logits / temperature), one row per image file in the given order."""
+    return (image_logits(model, preprocess, paths, batch_size) / temperature).softmax(-1)

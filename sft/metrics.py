@@ -5,7 +5,7 @@ construction. Keys follow ``<split>/<name>`` (``val/acc``, ``test/f1``)."""
 from __future__ import annotations
 
 import torch
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -15,17 +15,19 @@ from torchmetrics.classification import (
 )
 
 
+def classification_metrics(num_labels: int) -> dict[str, Metric]:
+    """Accuracy plus macro precision / recall / F1 by name (``acc``, ``precision``, ``recall``, ``f1``)."""
+    return {
+        "acc": MulticlassAccuracy(num_labels, average="micro"),
+        "precision": MulticlassPrecision(num_labels, average="macro"),
+        "recall": MulticlassRecall(num_labels, average="macro"),
+        "f1": MulticlassF1Score(num_labels, average="macro"),
+    }
+
+
 def stage_metrics(num_labels: int, prefix: str) -> MetricCollection:
-    """Accuracy plus macro precision / recall / F1, keyed ``<stage>/acc`` etc."""
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_labels, average="micro"),
-            "precision": MulticlassPrecision(num_labels, average="macro"),
-            "recall": MulticlassRecall(num_labels, average="macro"),
-            "f1": MulticlassF1Score(num_labels, average="macro"),
-        },
-        prefix=f"{prefix}/",
-    )
+    """:func:`classification_metrics` keyed ``<stage>/acc`` etc."""
+    return MetricCollection(classification_metrics(num_labels), prefix=f"{prefix}/")
 
 
 def split_metrics(logits: torch.Tensor, labels: torch.Tensor, split: str) -> dict[str, float]:

@@ -17,33 +17,40 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from sft.data.sources import text_encoding, undecodable
 from sft.errors import DataError, command_line
 
 
-def read_texts(source: str, text_column: str, encoding: str = "utf-8") -> list[str]:
+def read_texts(source: str, text_column: str, encoding: str = "utf-8", pair_column: str | None = None) -> list[Any]:
+    """Texts (or, with ``pair_column``, (text, pair) tuples) from a file or stdin, in input order."""
     if source == "-":
+        if pair_column:
+            raise DataError("Sentence pairs need a .csv / .tsv / .jsonl --input with two text columns, not stdin.")
         return [line.rstrip("\n") for line in sys.stdin if line.strip()]
     path = Path(source).expanduser()
     if not path.is_file():
         raise DataError(f"--input {source!r}: no such file.")
     codec = text_encoding(encoding, "--encoding")
     try:
-        return _read_texts(path, text_column, codec)
+        return _read_texts(path, text_column, codec, pair_column)
     except UnicodeError as e:
         raise undecodable(path, codec, e, "--encoding") from None
 
 
-def _read_texts(path: Path, text_column: str, encoding: str) -> list[str]:
+def _read_texts(path: Path, text_column: str, encoding: str, pair_column: str | None = None) -> list[Any]:
     suffix = path.suffix.lower()
+    columns = [text_column, *([pair_column] if pair_column else [])]
     if suffix in (".csv", ".tsv"):
         with path.open(encoding=encoding, newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",",
                                     quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL)
-            if text_column not in (reader.fieldnames or []):
-                raise DataError(f"{path}:1: no column {text_column!r} (columns: {reader.fieldnames}); use --text-column.")
-            return [row[text_column] for row in reader]
+            for column in columns:
+                if column not in (reader.fieldnames or []):
+                    raise DataError(f"{path}:1: no column {column!r} (columns: {reader.fieldnames}); use "
+                                    f"--{'text-pair' if column == pair_column else 'text'}-column.")
+            return [_item(path, reader.line_num, row, columns) for row in reader]
     if suffix in (".jsonl", ".json", ".ndjson"):
         texts = []
         with path.open(encoding=encoding) as f:
@@ -51,12 +58,25 @@ def _read_texts(path: Path, text_column: str, encoding: str) -> list[str]:
                 if not line.strip():
                     continue
                 try:
-                    texts.append(json.loads(line)[text_column])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise DataError(f"{path}:{line_no}: expected a JSON object with key {text_column!r}.") from None
+                    row = json.loads(line)
+                    texts.append(_item(path, line_no, row, columns))
+                except (json.JSONDecodeError, TypeError, AttributeError):
+                    raise DataError(f"{path}:{line_no}: expected a JSON object with key(s) {columns}.") from None
         return texts
+    if pair_column:
+        raise DataError(f"--input {path}: sentence pairs need a .csv / .tsv / .jsonl file with columns {columns}.")
     with path.open(encoding=encoding) as f:
         return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def _item(path: Path, line: int, row: dict, columns: list[str]) -> Any:
+    values = []
+    for column in columns:
+        value = row.get(column)
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{path}:{line}: empty or missing text in column {column!r}. Fix or remove the row.")
+        values.append(value)
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def read_image_paths(source: str) -> list[str]:
@@ -88,26 +108,24 @@ def read_image_paths(source: str) -> list[str]:
     return [str(Path(item).expanduser()) for item in listed]
 
 
-def prediction_rows(names: list[str], inputs: list[str], probs: list[list[float]], key: str) -> list[dict]:
-    rows = []
-    for item, p in zip(inputs, probs, strict=True):
-        best = max(range(len(names)), key=p.__getitem__)
-        rows.append({key: item, "label": names[best], "confidence": p[best],
-                     **{f"prob_{name}": value for name, value in zip(names, p, strict=True)}})
-    return rows
-
-
-def predict_with(model, inputs: dict, items: list[str], max_length: int = 128, batch_size: int = 64,
+def predict_with(model, inputs: dict, items: list[Any], max_length: int = 128, batch_size: int = 64,
                  temperature: float = 1.0) -> list[dict]:
-    from sft.inference import label_names, predict_image_proba, predict_proba
+    """One row per item, in input order: the input, then what the task predicts (label and probabilities; a
+    score; a label set; entity spans with character offsets)."""
+    from sft.inference import image_logits, tag_entities, text_logits
 
-    names = label_names(model)
+    task = model.task
     if model.modality == "image":
-        probs = predict_image_proba(model, inputs["preprocess"], items, batch_size=batch_size, temperature=temperature)
-        return prediction_rows(names, items, probs.tolist(), "path")
-    probs = predict_proba(model, inputs["tokenizer"], items, max_length=max_length, batch_size=batch_size,
-                          temperature=temperature)
-    return prediction_rows(names, items, probs.tolist(), "text")
+        logits = image_logits(model, inputs["preprocess"], items, batch_size=batch_size)
+        return [{"path": item, **row} for item, row in zip(items, task.prediction_rows(logits, temperature), strict=True)]
+    if task.kind == "token":
+        return [{"text": item, "entities": spans}
+                for item, spans in zip(items, tag_entities(model, inputs["tokenizer"], items, max_length), strict=True)]
+    logits = text_logits(model, inputs["tokenizer"], items, max_length=max_length, batch_size=batch_size)
+    thresholds = getattr(model, "thresholds", None)
+    rows = task.prediction_rows(logits, temperature, thresholds=None if thresholds is None else thresholds.cpu())
+    keyed = [{"text": item[0], "text_pair": item[1]} if isinstance(item, tuple) else {"text": item} for item in items]
+    return [{**key, **row} for key, row in zip(keyed, rows, strict=True)]
 
 
 def write_rows(rows: list[dict], out, fmt: str) -> None:
@@ -115,10 +133,11 @@ def write_rows(rows: list[dict], out, fmt: str) -> None:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         return
-    if rows:
+    if rows:  # lists (label sets, entities) as JSON in their cell
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v
+                          for k, v in row.items()} for row in rows)
 
 
 @command_line
@@ -131,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", help="write here (.csv or .jsonl); default stdout")
     parser.add_argument("--format", choices=["csv", "jsonl"], help="output format (default: from --output, else csv)")
     parser.add_argument("--text-column", default="text")
+    parser.add_argument("--text-pair-column", help="sentence-pair models: the second text's column (default "
+                        "text_pair for a pair model)")
     parser.add_argument("--encoding", default="utf-8", help="of the --input file (default utf-8), e.g. latin-1")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -141,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
 
     temperature = calibration_temperature(args.model) if args.calibrated else 1.0
     model, inputs = load_model(args.model)
-    items = read_image_paths(args.input) if model.modality == "image" else read_texts(args.input, args.text_column, args.encoding)
+    pair_column = args.text_pair_column or ("text_pair" if model.task.pair else None)
+    items = (read_image_paths(args.input) if model.modality == "image"
+             else read_texts(args.input, args.text_column, args.encoding, pair_column))
     if not items:
         raise DataError(f"--input {args.input!r}: nothing to predict.")
     rows = predict_with(model, inputs, items, args.max_length, args.batch_size, temperature)

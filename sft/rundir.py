@@ -65,7 +65,7 @@ def write_run_info(output_dir: Path, cfg: DictConfig, **extra: Any) -> None:
 
 # Metrics where smaller is better (val/loss, test/ece, fit/seconds...); everything else is maximised. The one
 # rule for checkpoint selection, early stopping, Optuna's direction and the sweep summary's "best".
-LOWER_IS_BETTER = ("loss", "nll", "ece", "brier", "error", "seconds")
+LOWER_IS_BETTER = ("loss", "nll", "ece", "brier", "error", "seconds", "mse")
 
 
 def metric_mode(metric: str) -> str:
@@ -103,7 +103,9 @@ def saved_data_config(run_dir: Path) -> DictConfig:
     runs_file = run_dir / "run.json"
     starts = json.loads(runs_file.read_text()).get("starts", []) if runs_file.is_file() else []
     started_in = Path(starts[0]["cwd"]) if starts and starts[0].get("cwd") else None
-    for key in DATA_PATH_KEYS:
+    # With a data folder (data=conll2003), its file names (train / val / test) are relative to it, not to cwd.
+    keys = ("path",) if data.get("path") else DATA_PATH_KEYS
+    for key in keys:
         value = data.get(key)
         if started_in is not None and isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
             data[key] = str(started_in / value)

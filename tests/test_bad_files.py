@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sft.config import instantiate as build
 from sft.data.sources import Glue, TextFiles, read_table
 from sft.errors import ConfigError, DataError
+from sft.pipeline.build import build_datamodule as build
 from sft.pipeline.train import train
 
 

@@ -54,7 +54,7 @@ def test_unknown_option_names_the_group_and_choices(tmp_path, override, choice):
     ("freeze.strategy=top3", "freeze.strategy='top3'"),
     ("resume=true", "no checkpoint to resume from"),
     # Hub paths, offline (HF_HUB_OFFLINE=1 from conftest): the error says what to do instead.
-    ("data=sst2", "Set data.path to a local GLUE folder"),
+    ("data=sst2", "Set data.path to a local GLUE sst2 folder"),
     ("model=bert", "could not load it from a local folder or the HF hub"),
 ])
 def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path, overrides, message):

@@ -13,6 +13,7 @@ from sft.pipeline.build import build_datamodule
 from sft.pipeline.checks import check_config
 from sft.pipeline.train import train
 from tests.conftest import FAST
+from tests.taskdata import write_conll, write_glue, write_goemotions
 
 # Every config group in conf/ (a new group is picked up here, and must get its own instantiation test below).
 GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name != "hydra") + ["hydra/launcher"]
@@ -113,7 +114,11 @@ def cifar_npz(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("option", options("data"))
 def test_data_options(compose_cfg, minilm_path, glue_dir, image_dir, cifar_npz, tmp_path, option):
+
     extra = {"sst2": [f"data.path={glue_dir}", "data.val_size=6"],
+             "glue": [f"data.path={glue_dir}", "data.val_size=6"],
+             "conll2003": [f"data.path={write_conll(tmp_path / 'conll')}"],
+             "goemotions": [f"data.path={write_goemotions(tmp_path / 'go')}"],
              "text_file": [f"data.train={glue_dir / 'train.tsv'}", "data.text_column=sentence"],
              "imagefolder": [f"data.path={image_dir}", "data.batch_size=4"],
              "cifar10": [f"data.path={cifar_npz}", "data.batch_size=4", "data.image_size=32"]}.get(option, [])
@@ -129,7 +134,13 @@ def test_data_options(compose_cfg, minilm_path, glue_dir, image_dir, cifar_npz, 
     batch = next(iter(dm.train_dataloader()))
     expected = {"pixel_values", "labels"} if option in IMAGE_DATA else {"input_ids", "attention_mask", "labels"}
     assert set(batch) == expected
-    assert len(dm.label_names) == 2 and all(len(dm.datasets[s]) > 0 for s in ("train", "val", "test"))
+    assert all(len(dm.datasets[s]) > 0 for s in ("train", "val", "test"))
+    names = {"conll2003": ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"], "goemotions": ["joy", "anger", "neutral"]}
+    assert dm.label_names == names.get(option, dm.label_names) and len(dm.label_names) >= 2
+    assert cfg.data.metric == {"conll2003": "val/f1", "goemotions": "val/macro_f1"}.get(option, "val/acc")
+    rows = len(batch["labels"])
+    assert batch["labels"].shape == {"conll2003": batch.get("input_ids", torch.empty(0)).shape,
+                                     "goemotions": (rows, 3)}.get(option, (rows,))
 
 
 @pytest.mark.parametrize("option", options("optimizer"))
@@ -312,11 +323,18 @@ def test_experiment_presets_run_with_fast_dev_run(compose_cfg, tiny_bert, glue_d
         extra = [f"data.path={image_dir}", "data.batch_size=4"]
     elif option in ("quickstart", "compare_strategies"):  # the packaged sample data
         extra = [f"model.name_or_path={tiny_bert}"]
+    elif option.startswith("glue_") and option != "glue_all":  # each GLUE task in its own file layout
+        folder = write_glue(tmp_path / "data", option.removeprefix("glue_"))
+        extra = [f"model.name_or_path={tiny_bert}", f"data.path={folder}", "data.val_size=6"]
+    elif option in ("conll2003_ner", "goemotions"):
+        writer = write_conll if option == "conll2003_ner" else write_goemotions
+        extra = [f"model.name_or_path={tiny_bert}", f"data.path={writer(tmp_path / 'data')}"]
     else:
         extra = [f"model.name_or_path={tiny_bert}", f"data.path={glue_dir}", "data.train_size=null", "data.val_size=6"]
     cfg = compose_cfg(f"experiment={option}", "debug=fast_dev_run", f"output_dir={tmp_path}", *FAST, *extra)
     metrics = train(cfg)
-    assert metrics["fit/global_step"] == 1 and "test/acc" in metrics
+    assert metrics["fit/global_step"] == 1 and cfg.optimized_metric.replace("val/", "test/") in metrics
+    assert cfg.optimized_metric == cfg.data.metric
 
 
 @pytest.mark.parametrize("option", ["fast_dev_run", "limit"])

@@ -416,8 +416,8 @@ def test_glue_path_that_is_not_a_folder(tmp_path):
 
 def test_glue_unsupported_task_is_a_config_error():
     with pytest.raises(ConfigError) as info:
-        Glue("mnli", "/anywhere")
-    assert "'mnli'" in str(info.value) and "sst2" in str(info.value) and "cola" in str(info.value)
+        Glue("squad", "/anywhere")
+    assert "'squad'" in str(info.value) and "sst2" in str(info.value) and "mnli" in str(info.value)
 
 
 def test_glue_label_outside_range_names_file_and_row(tmp_path):
@@ -644,7 +644,7 @@ def test_lightning_fit_reshuffles_every_epoch(tiny_bert, tmp_path):
     train = dm.datasets["train"]
     sampler = TrainBatchSampler(train.lengths(), 32, seed=5)
     for epoch in (0, 1):
-        expected = [[int(train[i][0][1]) for i in batch] for batch in sampler.batches(epoch)]
+        expected = [[int(train[i]["input_ids"][1]) for i in batch] for batch in sampler.batches(epoch)]
         assert seen[epoch] == expected, f"epoch {epoch} did not train on its own order"
     assert seen[0] != seen[1]
 
@@ -774,7 +774,7 @@ def test_token_ids_match_the_tokenizer_and_labels_follow_label_names(files, toke
         dataset = dm.datasets[split]
         assert len(dataset) == len(rows)
         for i, (text, label) in enumerate(rows):
-            ids, label_id = dataset[i]
+            ids, label_id = dataset[i]["input_ids"], dataset[i]["labels"]
             assert ids.tolist() == tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
             assert label_id == names.index(label)
             full = tokenizer(text)["input_ids"]

@@ -142,3 +142,42 @@ def test_a_run_on_relative_data_paths_is_evaluated_from_any_folder(tiny_bert, co
     metrics = evaluate(run, "test")
     assert metrics["test/acc"] == pytest.approx(saved["test/acc"], abs=1e-6)
     assert metrics["test/samples"] == 6  # test_size 0.1 of 60 rows
+
+
+def test_a_run_on_a_relative_data_folder_keeps_its_file_names_relative_to_it(tiny_bert, compose_cfg, tmp_path,
+                                                                           monkeypatch):
+    """data=conll2003 names its files relative to data.path; evaluating the run from another folder resolves the
+    folder only (resolving eng.train against the run's cwd too failed with "data.train: file .../eng.train")."""
+    from tests.conftest import FAST
+    from tests.taskdata import write_conll
+
+    project = tmp_path / "project"
+    write_conll(project / "data" / "conll")
+    monkeypatch.chdir(project)
+    run = project / "run"
+    saved = train(compose_cfg(f"model.name_or_path={tiny_bert}", f"output_dir={run}", *FAST, "data=conll2003",
+                              "data.path=data/conll", "data.batch_size=8"))
+    monkeypatch.chdir(tmp_path)
+    metrics = evaluate(run, "test")
+    assert metrics["test/f1"] == pytest.approx(saved["test/f1"], abs=1e-6)
+    assert metrics["test/samples"] == 12
+
+
+def test_eval_scores_a_held_out_file_with_the_runs_own_data_settings(tiny_bert, compose_cfg, tmp_path):
+    """`sft.eval <run> data.test=<file>`: the run's data config (columns, task) with the user's labelled file as
+    the test split (before, a bare data.* override composed the default data option and failed)."""
+    from tests.conftest import FAST
+
+    rows = [("a warm and funny film", "pos"), ("a dull and tedious mess", "neg")] * 30
+    train_file, held_out = tmp_path / "train.csv", tmp_path / "held_out.csv"
+    with train_file.open("w", newline="") as f:
+        csv.writer(f).writerows([("review", "stars"), *rows])
+    with held_out.open("w", newline="") as f:
+        csv.writer(f).writerows([("review", "stars"), *rows[:7]])
+    run = tmp_path / "run"
+    train(compose_cfg(f"model.name_or_path={tiny_bert}", f"output_dir={run}", *FAST, "data=text_file",
+                      f"data.train={train_file}", "data.text_column=review", "data.label_column=stars"))
+    metrics = evaluate(run, "test", [f"data.test={held_out}"])
+    assert metrics["test/samples"] == 7
+    model_probs = evaluate(run / "export", "test", [f"data.test={held_out}"])  # an export folder inside the run
+    assert model_probs["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)

@@ -88,6 +88,11 @@ def test_explain_rebuilds_the_report_from_the_run_folder(text_run, tmp_path):
     for key in ("ece", "nll", "brier"):
         assert after["sections"]["calibration"]["before"][key] == pytest.approx(before["sections"]["calibration"]["before"][key], abs=1e-6)
     assert after["sections"]["calibration"]["temperature"] == pytest.approx(before["sections"]["calibration"]["temperature"], rel=1e-3)
+    # The pretrained model is rebuilt from the run's config for the representation comparison (it silently was
+    # not when sft.explain passed the label count where the task goes).
+    assert main([str(copy), "report.sections=[representation]", "report.representation.max_points=60"]) == 0
+    representation = json.loads((copy / "report.json").read_text())["sections"]["representation"]
+    assert representation["pretrained"] is not None, representation.get("note")
 
 
 def test_explain_overrides_apply_on_top_of_the_runs_report_settings(text_run, tmp_path):
@@ -109,8 +114,8 @@ def test_explain_overrides_apply_on_top_of_the_runs_report_settings(text_run, tm
 
 def test_a_failing_section_is_skipped_with_its_reason_and_the_rest_is_kept(text_run, monkeypatch):
     from sft.config import data_config
-    from sft.config import instantiate as build
     from sft.inference import label_names, load_model
+    from sft.pipeline.build import build_datamodule as build
     from sft.report.make import build_context, run_sections
     from sft.report.registry import SECTIONS
 

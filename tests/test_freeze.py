@@ -45,9 +45,10 @@ def test_image_block_maps_cover_real_blocks(arch, depth):
 @pytest.mark.parametrize("kind, blocks", [("bert", "bert.encoder.layer"), ("roberta", "roberta.encoder.layer"),
                                           ("distilbert", "distilbert.transformer.layer")])
 def test_text_block_maps_are_encoder_layers(kind, blocks, tmp_path):
-    from sft.models.backbones import load_sequence_classifier
+    from sft.models.backbones import load_task_model
+    from sft.tasks import make_task
 
-    model = load_sequence_classifier(tiny_hf(kind, tmp_path), 2, {0: "a", 1: "b"})
+    model = load_task_model(tiny_hf(kind, tmp_path), make_task("single_label", ["a", "b"]))
     bmap = block_map(model)
     assert bmap.depth == 3 and bmap.blocks[2] == (f"{blocks}.2",)
     assert bmap.group_of(f"{kind}.embeddings.word_embeddings.weight") == "stem"

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 
 from sft.data.batching import TrainBatchSampler, distributed_rank, training_position
+from sft.tasks import Task, make_task
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -35,6 +36,11 @@ class ClassificationDataModule(L.LightningDataModule):
     @property
     def label2id(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.label_names)}
+
+    @property
+    def task(self) -> Task:
+        """What the labels are (:mod:`sft.tasks`); single-label unless the data says otherwise."""
+        return make_task("single_label", self.label_names)
 
     def make_train_sampler(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool,
                            drop_last: bool = False) -> TrainBatchSampler:

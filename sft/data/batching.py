@@ -18,20 +18,34 @@ log = logging.getLogger(__name__)
 
 
 class PadCollator:
-    """Pads ``(input_ids, label)`` pairs into a batch dict; picklable for worker processes."""
+    """Pads examples (dicts of ``input_ids``, optional ``token_type_ids``, ``labels``) into a batch dict; picklable
+    for worker processes. Per-token labels are padded with -100 (ignored by the loss and the metrics); one label
+    (or one row of labels) per example is stacked. ``(input_ids, label)`` pairs are taken too."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
-    def __call__(self, items: Sequence[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
-        width = max(len(ids) for ids, _ in items)
-        input_ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(items):
-            input_ids[row, : len(ids)] = ids
-            attention_mask[row, : len(ids)] = 1
-        labels = torch.tensor([label for _, label in items], dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    def __call__(self, items: Sequence[dict[str, torch.Tensor] | tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
+        items = [item if isinstance(item, dict) else {"input_ids": item[0], "labels": torch.tensor(item[1])}
+                 for item in items]
+        width = max(len(item["input_ids"]) for item in items)
+        batch = {"input_ids": self._pad([item["input_ids"] for item in items], width, self.pad_token_id),
+                 "attention_mask": torch.zeros((len(items), width), dtype=torch.long)}
+        for row, item in enumerate(items):
+            batch["attention_mask"][row, : len(item["input_ids"])] = 1
+        if "token_type_ids" in items[0]:
+            batch["token_type_ids"] = self._pad([item["token_type_ids"] for item in items], width, 0)
+        labels = [torch.as_tensor(item["labels"]) for item in items]
+        per_token = labels[0].ndim == 1 and len(labels[0]) == len(items[0]["input_ids"]) and labels[0].dtype == torch.long
+        batch["labels"] = self._pad(labels, width, -100) if per_token else torch.stack(labels)
+        return batch
+
+    @staticmethod
+    def _pad(rows: Sequence[torch.Tensor], width: int, value: int) -> torch.Tensor:
+        out = torch.full((len(rows), width), value, dtype=torch.long)
+        for row, ids in enumerate(rows):
+            out[row, : len(ids)] = ids
+        return out
 
 
 def distributed_rank() -> tuple[int, int]:

@@ -17,24 +17,35 @@ from sft.cache import atomic_save
 from sft.cache import cache_dir as sft_cache_dir
 from sft.data.base import ClassificationDataModule
 from sft.data.batching import PadCollator, eval_batches, length_batches
+from sft.data.encoding import encode, takes_token_types, word_labels
 from sft.data.sources import SPLITS, TextSplits, subsample
 from sft.errors import ConfigError
+from sft.tasks import Task, make_task
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: task types (segment ids, per-token and float labels)
 log = logging.getLogger(__name__)
 
 
 class TokenizedSplit(Dataset):
-    """Token ids of one split stored flat (ids + offsets): compact, fast to save and load."""
+    """Token ids of one split stored flat (ids + offsets): compact, fast to save and load. ``token_type_ids``
+    (sentence pairs, for models that take them) and per-token ``labels`` (tagging) share the ids' offsets;
+    other labels have one row per example."""
 
-    def __init__(self, ids: torch.Tensor, offsets: torch.Tensor, labels: torch.Tensor):
-        self.ids, self.offsets, self.labels = ids, offsets, labels
+    def __init__(self, ids: torch.Tensor, offsets: torch.Tensor, labels: torch.Tensor,
+                 token_type_ids: torch.Tensor | None = None, per_token: bool = False):
+        self.ids, self.offsets, self.labels, self.token_type_ids = ids, offsets, labels, token_type_ids
+        self.per_token = per_token
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.offsets) - 1
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.ids[self.offsets[i] : self.offsets[i + 1]].long(), int(self.labels[i])
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        start, end = self.offsets[i], self.offsets[i + 1]
+        item = {"input_ids": self.ids[start:end].long(),
+                "labels": self.labels[start:end] if self.per_token else self.labels[i]}
+        if self.token_type_ids is not None:
+            item["token_type_ids"] = self.token_type_ids[start:end].long()
+        return item
 
     def lengths(self) -> list[int]:
         return (self.offsets[1:] - self.offsets[:-1]).tolist()
@@ -53,6 +64,15 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     digest.update(json.dumps(tokenizer.all_special_tokens).encode())
     return digest.hexdigest()[:16]
+
+
+def task_settings(splits: TextSplits, threshold: float | str) -> dict[str, Any]:
+    """The task's settings that come from the data (and the multi-label threshold, from the data config)."""
+    settings: dict[str, Any] = {"positive_label": getattr(splits, "positive_label", None),
+                                "pair": bool(getattr(splits, "pair", False))}
+    if getattr(splits, "task", "single_label") == "multi_label":
+        settings["threshold"] = threshold
+    return settings
 
 
 class TextDataModule(ClassificationDataModule):
@@ -78,6 +98,7 @@ class TextDataModule(ClassificationDataModule):
         cache_dir: str | os.PathLike | None = None,
         seed: int = 0,
         label_names: list[str] | None = None,
+        threshold: float | str = 0.5,
     ):
         super().__init__()
         if tokenizer is None:
@@ -99,7 +120,9 @@ class TextDataModule(ClassificationDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else sft_cache_dir("tokenized")
         self.seed = seed
         self.fixed_label_names = list(label_names) if label_names else None  # e.g. a trained model's order
+        self.threshold = threshold  # multi-label decision threshold: a probability, "global" or "per_label"
         self.splits: TextSplits | None = None
+        self._task: Task | None = None
         self.datasets: dict[str, TokenizedSplit] = {}
         self.cache_file: Path | None = None
 
@@ -134,7 +157,8 @@ class TextDataModule(ClassificationDataModule):
             if self.fixed_label_names:
                 splits.label_names = self.fixed_label_names
             splits.validate()
-            splits.train = subsample(splits.train, self.train_size, self.shots_per_class, self.seed)
+            splits.train = subsample(splits.train, self.train_size, self.shots_per_class, self.seed,
+                                     task=getattr(splits, "task", "single_label"))
             self.splits = splits
         return self.splits
 
@@ -155,18 +179,43 @@ class TextDataModule(ClassificationDataModule):
         if path.is_file():
             return
         splits = self.load_splits()
-        label2id = self.label2id
         payload: dict[str, Any] = {"version": CACHE_VERSION, "label_names": splits.label_names}
-        for name in SPLITS:
-            rows = splits.split(name)
-            encoded = self.tokenizer([t for t, _ in rows], truncation=True, max_length=self.max_length)["input_ids"]
-            lengths = torch.tensor([len(x) for x in encoded], dtype=torch.long)
-            payload[name] = {
-                "ids": torch.tensor([i for seq in encoded for i in seq], dtype=torch.int32),
-                "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
-                "labels": torch.tensor([label2id[label] for _, label in rows], dtype=torch.long),
-            }
+        for name in self.split_names:
+            payload[name] = self._tokenize(splits.split(name), splits.origin.get(name, name))
         atomic_save(payload, path)
+
+    def _tokenize(self, rows: list[tuple[Any, Any]], origin: str) -> dict[str, Any]:
+        """One split as flat token ids, offsets, labels (and segment ids for pairs)."""
+        task, inputs = self.task, [x for x, _ in rows]
+        tagging = task.kind == "token"
+        encoded = encode(self.tokenizer, inputs, self.max_length, words=tagging)
+        ids = encoded["input_ids"]
+        lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
+        split = {"ids": torch.tensor([i for seq in ids for i in seq], dtype=torch.int32),
+                 "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])}
+        if tagging:
+            labels = word_labels(encoded, [tags for _, tags in rows], task.label2id, origin)
+            split.update(labels=torch.tensor([i for seq in labels for i in seq], dtype=torch.long), per_token=True)
+        else:
+            split["labels"] = task.targets([y for _, y in rows])
+        if takes_token_types(self.tokenizer, inputs):
+            split["token_type_ids"] = torch.tensor([t for seq in encoded["token_type_ids"] for t in seq],
+                                                   dtype=torch.int8)
+        return split
+
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        """train / val / test, then the source's extra labelled evaluation splits (MNLI's mismatched dev)."""
+        return (*SPLITS, *getattr(self.load_splits(), "extra_test", {}))
+
+    @property
+    def task(self) -> Task:
+        """What the labels are (:mod:`sft.tasks`): from the source, over the label space."""
+        if self._task is None:
+            splits = self.load_splits()
+            self._task = make_task(getattr(splits, "task", "single_label"), splits.label_names,
+                                   **task_settings(splits, self.threshold))
+        return self._task
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -174,7 +223,7 @@ class TextDataModule(ClassificationDataModule):
         if self.cache_file is None or not self.cache_file.is_file():
             self.prepare_data()
         payload = torch.load(self.cache_file, weights_only=True)
-        self.datasets = {name: TokenizedSplit(**payload[name]) for name in SPLITS}
+        self.datasets = {name: TokenizedSplit(**payload[name]) for name in self.split_names}
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: TokenizedSplit, **kwargs: Any) -> DataLoader:
@@ -221,9 +270,9 @@ def sample(**loader: Any) -> TextDataModule:
     return TextDataModule(PackagedSample(), **loader)
 
 
-def glue(task: str = "sst2", path: str | None = None, val_size: float | int = 872, encoding: str = "utf-8",
+def glue(task: str = "sst2", path: str | None = None, val_size: float | int | None = None, encoding: str = "utf-8",
          **loader: Any) -> TextDataModule:
-    """A GLUE single-sentence task from a local folder (``path``) or the HF hub."""
+    """A GLUE task (one sentence, a sentence pair or STS-B's scores) from a local folder (``path``) or the HF hub."""
     from sft.data.sources import Glue
 
     return TextDataModule(Glue(task, path, val_size, encoding=encoding), **loader)
@@ -231,10 +280,28 @@ def glue(task: str = "sst2", path: str | None = None, val_size: float | int = 87
 
 def text_file(train: str, val: str | None = None, test: str | None = None, text_column: str = "text",
               label_column: str = "label", label_names: list[str] | None = None, val_size: float | int = 0.1,
-              test_size: float | int = 0.1, encoding: str = "utf-8", **loader: Any) -> TextDataModule:
-    """Local CSV / TSV / JSONL files."""
+              test_size: float | int = 0.1, encoding: str = "utf-8", text_pair_column: str | None = None,
+              task: str = "single_label", label_delimiter: str = ",", **loader: Any) -> TextDataModule:
+    """Local CSV / TSV / JSONL files: one text or a pair per row; a class, a score or a set of labels."""
     from sft.data.sources import TextFiles
 
     source = TextFiles(train, val, test, text_column, label_column, label_names, val_size, test_size,
-                       encoding=encoding)
+                       encoding=encoding, text_pair_column=text_pair_column, task=task,
+                       label_delimiter=label_delimiter)
     return TextDataModule(source, **loader)
+
+
+def conll2003(path: str | None = None, train: str = "eng.train", val: str | None = None, test: str = "eng.testa",
+              val_size: float | int = 0.1, encoding: str = "utf-8", **loader: Any) -> TextDataModule:
+    """Token classification: CoNLL-format files (IOB1 or IOB2) or JSONL ``tokens`` / ``tags``; else the HF hub."""
+    from sft.data.conll import TokenFiles
+
+    return TextDataModule(TokenFiles(path, train, val, test, val_size, encoding=encoding), **loader)
+
+
+def goemotions(path: str | None = None, val_size: float | int = 0.1, encoding: str = "utf-8",
+               **loader: Any) -> TextDataModule:
+    """GoEmotions (simplified): 28 labels, several per comment, from a local folder or the HF hub."""
+    from sft.data.goemotions import GoEmotions
+
+    return TextDataModule(GoEmotions(path, val_size, encoding=encoding), **loader)

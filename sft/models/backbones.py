@@ -88,21 +88,23 @@ def input_limit(tokenizer: Any) -> tuple[int, str] | None:
     return min(limits, key=lambda limit: limit[0]) if limits else None
 
 
-def load_sequence_classifier(name_or_path: str, num_labels: int, id2label: dict[int, str], config_dict: dict | None = None) -> Any:
-    """A HF sequence-classification model with a fresh head sized to the label space.
+def load_task_model(name_or_path: str, task: Any, config_dict: dict | None = None) -> Any:
+    """A HF model with a fresh head for ``task`` (an :class:`sft.tasks.Task`): AutoModelForTokenClassification for
+    tagging, else AutoModelForSequenceClassification sized to the task's outputs, with ``id2label``,
+    ``label2id`` and ``problem_type`` in its config (so ``transformers.pipeline`` treats it right).
 
     With ``config_dict`` (stored in sft checkpoints), build the architecture only: the weights come
     from the checkpoint, so neither the hub nor the original folder is needed.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    label2id = {name: i for i, name in id2label.items()}
+    auto = AutoModelForTokenClassification if task.kind == "token" else AutoModelForSequenceClassification
     if config_dict is not None:
-        config = AutoConfig.for_model(**config_dict)
-        return AutoModelForSequenceClassification.from_config(config)
+        return auto.from_config(AutoConfig.for_model(**config_dict))
+    settings = task.hf_config()
+    if task.kind == "regression":  # one output; id2label names it
+        settings = {**settings, "id2label": {0: task.label_names[0]}, "label2id": {task.label_names[0]: 0}}
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, num_labels=num_labels, id2label=id2label, label2id=label2id
-        )
+        return auto.from_pretrained(name_or_path, num_labels=task.num_outputs, **settings)
     except (OSError, ValueError) as e:
         raise _hub_error(name_or_path, e) from None

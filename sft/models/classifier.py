@@ -8,15 +8,15 @@ from typing import Any
 
 import lightning as L
 import torch
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 
 from sft.errors import ConfigError, TrainingDiverged
 from sft.export import export_text_model
 from sft.finetune.blocks import block_map, group_modules
 from sft.finetune.strategy import FreezeSpec
-from sft.metrics import stage_metrics
-from sft.models.backbones import load_sequence_classifier, resolve_name_or_path
+from sft.models.backbones import load_task_model, resolve_name_or_path
 from sft.optim import build_optimizer, build_scheduler, check_optimizer
+from sft.tasks import Task, make_task, task_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,20 @@ class Classifier(L.LightningModule):
         scheduler: Callable[..., Any] | None,
         freeze: str | Mapping[str, Any] | FreezeSpec,
         monitor: str,
+        task: Task | Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.freeze_spec = FreezeSpec.parse(freeze)
         if optimizer is not None:
             check_optimizer(optimizer)  # fail at build time, not after data preparation and a sanity check
+        if task is not None:  # the task names the label space
+            self.task = task if isinstance(task, Task) else task_from_dict(dict(task))
+            num_labels, id2label = self.task.num_outputs, self.task.id2label
         self.id2label = {int(k): str(v) for k, v in (id2label or {i: str(i) for i in range(num_labels)}).items()}
         if len(self.id2label) != num_labels:
             raise ConfigError(f"id2label has {len(self.id2label)} entries but num_labels={num_labels}.")
+        if task is None:
+            self.task = make_task("single_label", [self.id2label[i] for i in range(num_labels)])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.freeze = self.freeze_spec.strategy
@@ -58,9 +64,11 @@ class Classifier(L.LightningModule):
         self._group_modules: dict[str, list[torch.nn.Module]] = {}
         self._frozen: set[str] = set()
         self._ddp_reduced: set[int] | None = None
-        self.train_metrics = stage_metrics(num_labels, "train")
-        self.val_metrics = stage_metrics(num_labels, "val")
-        self.test_metrics = stage_metrics(num_labels, "test")
+        self.train_metrics = self.task.metrics("train")
+        self.val_metrics = self.task.metrics("val")
+        self.test_metrics = self.task.metrics("test")
+        if self.task.kind == "multi_label":  # the decision thresholds (tuned on val): saved in every checkpoint
+            self.register_buffer("thresholds", self.task.initial_thresholds())
 
     # ------------------------------------------------------------------ to define in subclasses
     @property
@@ -206,16 +214,44 @@ class Classifier(L.LightningModule):
                 dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
 
     # ------------------------------------------------------------------ steps
-    def _step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> torch.Tensor:
+    def _step(self, batch: dict[str, torch.Tensor], stage: str, metrics: Metric) -> torch.Tensor:
         logits = self.batch_logits(batch)
-        loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+        loss = self.task.loss(logits, batch["labels"])
         metrics.update(logits.detach().float(), batch["labels"])
         bs = len(batch["labels"])
         # Averaged over DDP ranks for val / test (once per epoch); train/loss stays per rank (no sync per step).
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=stage == "train", on_epoch=True,
                  batch_size=bs, sync_dist=stage != "train")
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=bs)
         return loss
+
+    def _log_epoch(self, metrics: Metric, stage: str) -> None:
+        """The stage's metrics over the epoch (torchmetrics gathers them over DDP ranks), then reset."""
+        parts = metrics.values() if isinstance(metrics, MetricCollection) else [metrics]
+        if not any(part.update_count for part in parts):  # e.g. limit_val_batches=0
+            return
+        values = {name: value.float() for name, value in metrics.compute().items()}
+        self.log_dict(values, prog_bar=stage == "val")
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch(self.train_metrics, "train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(self.val_metrics, "val")
+        if self.task.kind == "multi_label":  # tuned on this validation (or fixed): saved with this checkpoint
+            self.thresholds.copy_(self.val_metrics.thresholds.to(self.thresholds.device))
+
+    def on_test_epoch_start(self) -> None:
+        if self.task.kind == "multi_label":
+            self.test_metrics.thresholds = self.thresholds.detach().clone()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch(self.test_metrics, "test")
+
+    def split_metrics(self, logits: torch.Tensor, labels: torch.Tensor, split: str) -> dict[str, float]:
+        """The task's metrics of one split's outputs (``sft.eval``, the report), with this model's thresholds."""
+        thresholds = self.thresholds.detach().cpu() if self.task.kind == "multi_label" else None
+        return self.task.split_metrics(logits, labels, split, thresholds=thresholds)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train", self.train_metrics)
@@ -286,14 +322,15 @@ class TextClassifier(Classifier):
         freeze: str | Mapping[str, Any] = "none",
         monitor: str = "val/acc",
         hf_config: dict | None = None,
+        task: Task | Mapping[str, Any] | None = None,
     ):
-        super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor)
+        super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task)
         self.name_or_path = resolve_name_or_path(name_or_path) if hf_config is None else name_or_path
         self.save_hyperparameters(
-            {"name_or_path": self.name_or_path, "num_labels": num_labels, "id2label": self.id2label,
-             "freeze": freeze, "monitor": monitor}
+            {"name_or_path": self.name_or_path, "num_labels": self.task.num_outputs, "id2label": self.id2label,
+             "freeze": freeze, "monitor": monitor, "task": self.task.to_dict()}
         )
-        self.model = load_sequence_classifier(self.name_or_path, num_labels, self.id2label, hf_config)
+        self.model = load_task_model(self.name_or_path, self.task, hf_config)
         self.apply_freeze()
         self.train()  # from_pretrained returns eval mode; Lightning keeps each module's mode as found
 
@@ -301,11 +338,13 @@ class TextClassifier(Classifier):
     def backbone(self) -> torch.nn.Module:
         return self.model.base_model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self(batch["input_ids"], batch["attention_mask"])
+        return self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
     @property
     def head_entry(self) -> torch.nn.Module:
@@ -332,7 +371,8 @@ class TextClassifier(Classifier):
         return {"tokenizer": resolve_name_or_path(model_cfg.get("name_or_path"))}
 
     def export(self, out_dir: Any, datamodule: Any) -> Any:
-        return export_text_model(self, datamodule.tokenizer, out_dir)
+        thresholds = self.thresholds.tolist() if self.task.kind == "multi_label" else None
+        return export_text_model(self, datamodule.tokenizer, out_dir, task=self.task.to_dict(), thresholds=thresholds)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -344,6 +384,6 @@ class TextClassifier(Classifier):
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         hp = checkpoint["hyper_parameters"]
         model = cls(hp["name_or_path"], hp["num_labels"], hp["id2label"], freeze=hp.get("freeze", "none"),
-                    monitor=hp.get("monitor", "val/acc"), hf_config=checkpoint["hf_config"])
+                    monitor=hp.get("monitor", "val/acc"), hf_config=checkpoint["hf_config"], task=hp.get("task"))
         model.load_state_dict(checkpoint["state_dict"])
         return model.eval()

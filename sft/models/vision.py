@@ -116,8 +116,12 @@ class ImageClassifier(Classifier):
         scheduler: Callable[..., Any] | None = None,
         freeze: str | Mapping[str, Any] = "none",
         monitor: str = "val/acc",
+        task: Any = None,
     ):
-        super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor)
+        super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task)
+        if self.task.kind != "single_label":
+            raise ConfigError(f"Image models classify one label per image; a {self.task.kind} task is not supported "
+                              "for images (see the README's task types).")
         self.save_hyperparameters({"arch": arch, "weights": weights, "weights_path": weights_path,
                                    "num_labels": num_labels, "id2label": self.id2label, "freeze": freeze,
                                    "monitor": monitor})

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from sft.callbacks import DeferredRequeue, ValidateAtStepLimit, WorkerRanks, ordered_callbacks
 from sft.config import instantiate, instantiate_all, plain
@@ -42,27 +42,43 @@ def data_inputs(model_cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_datamodule(data_cfg: DictConfig, **kwargs: Any) -> Any:
-    """The data module of ``data_cfg``; ``kwargs``: the model's data inputs, a fixed label space, a seed."""
-    return instantiate(data_cfg, **kwargs, _convert_="all")
+    """The data module of ``data_cfg``; ``kwargs``: the model's data inputs, a fixed label space, a seed.
+    ``data.metric`` is the config's (the default ``optimized_metric``), not the data module's."""
+    node = data_cfg.copy()
+    with open_dict(node):
+        node.pop("metric", None)
+    return instantiate(node, **kwargs, _convert_="all")
+
+
+def check_metric(metric: str, task: Any) -> None:
+    """``optimized_metric`` is one the task logs (checkpoint choice and early stopping would fail after the first
+    validation, a sweep after the run)."""
+    logged = task.metric_keys("val") + task.metric_keys("train")
+    if metric.startswith(("val/", "train/")) and metric not in logged:
+        raise ConfigError(f"optimized_metric={metric!r} is not logged by a {task.kind} task; it logs "
+                          f"{', '.join(task.metric_keys('val'))}. Set optimized_metric=<one of them> (or data.metric).")
 
 
 def build_model(cfg: DictConfig, datamodule: Any) -> Any:
     """The LightningModule for ``cfg.model``, sized to the data module's label space."""
+    task = datamodule.task
     return instantiate(cfg.model, _partial_=True)(
-        num_labels=len(datamodule.label_names),
-        id2label=datamodule.id2label,
+        num_labels=task.num_outputs,
+        id2label=task.id2label,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         freeze=plain(cfg.freeze),
         monitor=cfg.optimized_metric,
+        task=task,
     )
 
 
-def pretrained_builder(model_cfg: DictConfig, num_labels: int) -> Callable[[], Any]:
+def pretrained_builder(model_cfg: DictConfig, task: Any) -> Callable[[], Any]:
     """A zero-argument callable building the model as it was before fine-tuning (same architecture)."""
     def build_pretrained() -> Any:
-        return instantiate(model_cfg, _partial_=True)(num_labels=num_labels, id2label=None, optimizer=None,
-                                                      scheduler=None, freeze="none", monitor="val/acc").eval()
+        return instantiate(model_cfg, _partial_=True)(num_labels=task.num_outputs, id2label=None, optimizer=None,
+                                                      scheduler=None, freeze="none", monitor="val/acc",
+                                                      task=task).eval()
 
     return build_pretrained
 

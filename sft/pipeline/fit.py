@@ -187,6 +187,19 @@ def _validate_and_test(cfg: DictConfig, model: Any, datamodule: Any, trainer: An
     metrics = _floats(evaluator.validate(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)[0])
     if cfg.get("test", True):
         metrics.update(_floats(evaluator.test(model, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)[0]))
+        metrics.update(extra_test_metrics(model, datamodule))
+    return metrics
+
+
+def extra_test_metrics(model: Any, datamodule: Any) -> dict[str, float]:
+    """The task's metrics on the data's further labelled splits (MNLI's mismatched dev: ``test_mismatched/acc``)."""
+    from sft.inference import split_outputs
+
+    extra = [name for name in getattr(datamodule, "split_names", ()) if name not in ("train", "val", "test")]
+    metrics: dict[str, float] = {}
+    for split in extra:  # every example on every rank (no DDP split): the same numbers everywhere
+        result = split_outputs(model, datamodule, split)
+        metrics.update(model.split_metrics(result.logits, result.labels, split))
     return metrics
 
 

@@ -35,6 +35,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()  # reads and validates (and tokenizes, cached) before the model loads
     log.info("Data: %s labels %s, train/val/test = %s", type(datamodule.source).__name__, datamodule.label_names,
              "/".join(str(len(getattr(datamodule.splits, s))) for s in ("train", "val", "test")))
+    build.check_metric(cfg.optimized_metric, datamodule.task)
     model = build.build_model(cfg, datamodule)
 
     if (cfg.get("probe") or {}).get("estimator"):
@@ -44,5 +45,5 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     report = build.report_settings(cfg)
     return finish(fitted, output_dir, export=cfg.get("export", True), report=report, seed=cfg.seed,
-                  pretrained=build.pretrained_builder(cfg.model, len(datamodule.label_names)),
+                  pretrained=build.pretrained_builder(cfg.model, datamodule.task),
                   run_summary=build.run_summary(cfg))

@@ -52,6 +52,9 @@ def cached_features(model: Any, datamodule: Any, cache_dir: str | Path | None = 
     """``{split: (features, labels)}`` from the cache, computing (and saving atomically) when absent."""
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if datamodule.task.kind == "token":
+        raise ConfigError("probe=cached / probe=sklearn cache one feature vector per input; token classification "
+                          "labels every word. Use freeze=backbone (a linear probe trained in Lightning) instead.")
     if pooling == "mean" and not hasattr(model, "mean_features"):
         raise ConfigError(f"probe.pooling=mean is for text models; {type(model).__name__} takes probe.pooling=head.")
     path = Path(cache_dir or sft_cache_dir("features")) / f"{cache_key(model, datamodule, pooling)}.pt"
@@ -99,6 +102,10 @@ class FeatureDataModule(ClassificationDataModule):
 
     def load_splits(self) -> Any:
         return self.splits
+
+    @property
+    def task(self) -> Any:
+        return self.source.task
 
     def _loader(self, dataset: FeatureSplit, **kwargs: Any) -> DataLoader:
         return DataLoader(dataset, generator=torch.Generator().manual_seed(self.seed), **kwargs)

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from sft.data.batching import PadCollator
+from sft.data.encoding import encode, takes_token_types
 from sft.inference import Outputs, chunks, outputs
 
 
@@ -41,18 +43,25 @@ class ReportContext:
         return self.model.device
 
     # ------------------------------------------------------------------ text
-    def texts(self, split: str | None = None) -> list[str]:
+    def texts(self, split: str | None = None) -> list[Any]:
+        """The inputs of a split: strings, or (a, b) tuples for sentence pairs."""
         return [text for text, _ in self.datamodule.splits.split(split or self.split)]
 
     @property
     def tokenizer(self) -> Any:
         return self.datamodule.tokenizer
 
-    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """A padded batch (input_ids, attention_mask) the way the data module tokenizes (same max_length)."""
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.datamodule.max_length, padding=True,
-                             return_tensors="pt")
-        return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
+    def encode(self, texts: list[Any]) -> dict[str, torch.Tensor]:
+        """A padded batch (input_ids, attention_mask; token_type_ids for pairs where the model takes them) the
+        way the data module tokenizes (same max_length)."""
+        ids = encode(self.tokenizer, list(texts), self.datamodule.max_length)
+        items = [{"input_ids": torch.tensor(seq), "labels": torch.tensor(0)} for seq in ids["input_ids"]]
+        if takes_token_types(self.tokenizer, list(texts)):
+            for item, segments in zip(items, ids["token_type_ids"], strict=True):
+                item["token_type_ids"] = torch.tensor(segments)
+        batch = PadCollator(self.tokenizer.pad_token_id or 0)(items)
+        batch.pop("labels")
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     # ------------------------------------------------------------------ images
     def pixels(self, indices: list[int], split: str | None = None) -> torch.Tensor:

@@ -239,3 +239,29 @@ def runs_figure(accuracies: list[tuple[float, bool]], baseline: Any) -> str:
     ax.set_title(f"test accuracy of {len(values)} runs")
     fig.legend(loc="outside lower center", ncols=2, frameon=False)  # below the plot: never over the dots
     return png_uri(fig)
+
+
+# ---------------------------------------------------------------------------------------------- regression
+
+
+def regression_figure(points: list[list[float]]) -> str:
+    """Predicted against true scores (the diagonal is perfect), and the residuals (predicted - true) against
+    the true score: a trend there is a bias (e.g. pulled towards the mean)."""
+    import numpy as np
+
+    data = np.asarray(points, dtype=float).reshape(-1, 2)
+    pred, true = data[:, 0], data[:, 1]
+    fig = figure(6.8, 3.1)
+    left, right = fig.subplots(1, 2)
+    low, high = (float(min(pred.min(), true.min())), float(max(pred.max(), true.max()))) if len(data) else (0, 1)
+    left.scatter(true, pred, s=7, alpha=0.6, linewidths=0)
+    left.plot([low, high], [low, high], color="grey", linewidth=0.8)
+    left.set_xlabel("true score")
+    left.set_ylabel("predicted score")
+    left.set_title("predicted vs true")
+    right.scatter(true, pred - true, s=7, alpha=0.6, linewidths=0)
+    right.axhline(0, color="grey", linewidth=0.8)
+    right.set_xlabel("true score")
+    right.set_ylabel("residual (predicted - true)")
+    right.set_title("residuals")
+    return png_uri(fig)

@@ -25,8 +25,11 @@ log = logging.getLogger("sft")
 
 
 def train_labels(datamodule: Any) -> torch.Tensor:
-    ids = datamodule.label2id
-    return torch.tensor([ids[label] for _, label in datamodule.splits.train], dtype=torch.long)
+    """The training split's targets as the task encodes them (class ids; scores; label rows); None for tagging."""
+    task = datamodule.task
+    if task.kind == "token":
+        return None
+    return task.targets([label for _, label in datamodule.splits.train])
 
 
 def build_context(model: Any, datamodule: Any, *, split: str = "test", seed: int = 0,
@@ -50,8 +53,15 @@ def run_sections(ctx: ReportContext, report: dict[str, Any]) -> dict[str, Any]:
     """Every configured section, timed; a section that cannot run on this model is skipped with its reason."""
     check_report_settings(report)
     sections, timings, skipped = {}, {}, {}
+    task = ctx.model.task
     for name in report.get("sections", []):
         started = time.perf_counter()
+        reason = task.not_applicable(name)
+        if reason:  # said in one line in the section's place, rather than misleading numbers
+            skipped[name] = f"does not apply: {reason}"
+            timings[name] = 0.0
+            log.info("Report: %-14s skipped: %s", name, skipped[name])
+            continue
         try:
             sections[name] = section_module(name).section(ctx, dict(report.get(name) or {}))
             ctx.extras.setdefault(name, sections[name])  # a section may have left richer state (scores) there
@@ -68,17 +78,40 @@ def run_sections(ctx: ReportContext, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_predictions(ctx: ReportContext, folder: Path) -> Path:
-    """Per-example predictions on the report split (read by the stability report)."""
+    """Per-example predictions on the report split (read by the stability report): ``index``, the true ``label``,
+    the ``pred``iction and the task's per-example values (class probabilities; a score; label sets; tags)."""
     path = folder / "predictions.csv"
-    names = ctx.label_names
-    probs = ctx.test.probs
+    task, names = ctx.model.task, ctx.label_names
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "label", "pred", "confidence", *(f"prob_{n}" for n in names)])
-        for i, (label, row) in enumerate(zip(ctx.test.labels.tolist(), probs.tolist(), strict=True)):
-            pred = max(range(len(row)), key=row.__getitem__)
-            writer.writerow([i, names[label], names[pred], f"{row[pred]:.6f}", *(f"{p:.6f}" for p in row)])
+        if task.kind == "single_label":
+            writer.writerow(["index", "label", "pred", "confidence", *(f"prob_{n}" for n in names)])
+            for i, (label, row) in enumerate(zip(ctx.test.labels.tolist(), ctx.test.probs.tolist(), strict=True)):
+                pred = max(range(len(row)), key=row.__getitem__)
+                writer.writerow([i, names[label], names[pred], f"{row[pred]:.6f}", *(f"{p:.6f}" for p in row)])
+            return path
+        writer.writerow(["index", "label", "pred"])
+        for i, (label, pred) in enumerate(zip(*task_predictions(ctx), strict=True)):
+            writer.writerow([i, label, pred])
     return path
+
+
+def task_predictions(ctx: ReportContext) -> tuple[list[str], list[str]]:
+    """(true, predicted) per example of the report split as text: scores, ``;``-joined label sets, space-joined
+    tags of the labelled words."""
+    task, logits, labels = ctx.model.task, ctx.test.logits, ctx.test.labels
+    if task.kind == "regression":
+        return [f"{v:.6f}" for v in labels.tolist()], [f"{v:.6f}" for v in logits.reshape(-1).tolist()]
+    if task.kind == "multi_label":
+        chosen = torch.sigmoid(logits) >= ctx.model.thresholds.detach().cpu()
+        sets = lambda rows: [";".join(n for n, on in zip(task.label_names, row, strict=True) if on)  # noqa: E731
+                             for row in rows.bool().tolist()]
+        return sets(labels), sets(chosen)
+    from sft.tasks.token import word_tags
+
+    preds, true = word_tags(logits, labels)
+    join = lambda rows: [" ".join(task.label_names[i] for i in row.tolist()) for row in rows]  # noqa: E731
+    return join(true), join(preds)
 
 
 def save_temperature(report: dict[str, Any], folder: Path) -> Path | None:

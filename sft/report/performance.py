@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from sft.metrics import accuracy_and_macro_f1, per_class
+from sft.report import task_performance
 from sft.report.figures import confusion_figure
 from sft.report.htmlparts import box, esc, get_in, how, img, is_num, num, side_by_side, table
 
@@ -61,7 +62,10 @@ def performance(preds: Any, labels: Any, label_names: Sequence[str], train_label
 
 
 def section(ctx: Any, settings: Mapping[str, Any] | None = None) -> dict:
-    """Performance of the test predictions (argmax of ``ctx.test.logits``); no settings."""
+    """Performance of the test predictions (argmax of ``ctx.test.logits``; other task types:
+    :mod:`sft.report.task_performance`); no settings."""
+    if ctx.model.task.kind != "single_label":
+        return task_performance.section(ctx)
     n_classes = len(ctx.label_names)
     if ctx.test.logits.ndim != 2 or ctx.test.logits.shape[1] != n_classes:
         raise ValueError(f"test logits have shape {tuple(ctx.test.logits.shape)} but there are {n_classes} "
@@ -80,6 +84,8 @@ HOW = """Results on {n} examples. Precision: of the examples predicted as a clas
 
 
 def render(data: dict[str, Any]) -> str:
+    if data.get("task") in task_performance.HOWS:
+        return task_performance.render(data)
     labels = [str(label) for label in data.get("labels") or []]
     rows = [[esc(c.get("label")), num(c.get("precision")), num(c.get("recall")), num(c.get("f1")),
              num(c.get("support"))] for c in data.get("per_class") or []]
@@ -103,5 +109,7 @@ def render(data: dict[str, Any]) -> str:
 
 def summary(data: dict[str, Any]) -> list[tuple[str, str]]:
     """The page's headline numbers from this section."""
+    if data.get("task") in task_performance.HOWS:
+        return task_performance.summary(data)
     return [("accuracy", num(data.get("accuracy"))), ("macro F1", num(data.get("macro_f1"))),
             ("majority baseline acc.", num(get_in(data, "majority_baseline", "accuracy")))]

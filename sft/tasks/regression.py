@@ -1,0 +1,77 @@
+"""A score per input (STS-B): one output, mean squared error; Pearson and Spearman correlation, MSE."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
+
+from sft.tasks.base import Task
+
+# torchmetrics warns that Spearman keeps every prediction: evaluation splits are what it is meant for.
+warnings.filterwarnings("ignore", message=r".*SpearmanCorrcoef. will save all targets.*")
+
+
+class Regression(Task):
+    """``label_names`` holds one name: what the score is (the label column)."""
+
+    kind = "regression"
+    problem_type = "regression"
+    metric_names = ("pearson", "spearman", "mse")
+    default_metric = "val/pearson"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.label_names = self.label_names[:1] or ["score"]
+
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    def targets(self, values: list[Any]) -> torch.Tensor:
+        return torch.tensor([float(v) for v in values], dtype=torch.float32)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(logits.float().reshape(-1), targets.float().reshape(-1))
+
+    def metrics(self, stage: str) -> Metric:
+        metrics: dict[str, Metric] = {"mse": _flat(MeanSquaredError)}
+        if stage != "train":  # correlations keep every prediction: evaluation only
+            metrics.update(pearson=_flat(PearsonCorrCoef), spearman=_flat(SpearmanCorrCoef))
+        return MetricCollection(metrics, prefix=f"{stage}/")
+
+    def metric_keys(self, stage: str = "val") -> list[str]:
+        return [f"{stage}/{name}" for name in (("mse",) if stage == "train" else self.metric_names) + ("loss",)]
+
+    def prediction_rows(self, logits: torch.Tensor, temperature: float = 1.0,
+                        thresholds: torch.Tensor | None = None) -> list[dict[str, Any]]:
+        return [{self.label_names[0]: value} for value in logits.float().reshape(-1).tolist()]
+
+    def not_applicable(self, section: str) -> str | None:
+        return REASONS.get(section)
+
+
+REASONS = {
+    "calibration": "calibration measures class probabilities; a regression model predicts a score, not a class "
+                   "(the performance section plots predicted against true scores, and the residuals).",
+    "attributions": "the attributions explain a predicted class and choose examples by confidence; a regression "
+                    "model has neither.",
+    "faithfulness": "the deletion test measures how fast the predicted class's probability falls; a regression "
+                    "model predicts a score.",
+    "robustness": "the perturbations are scored by accuracy and flips of the predicted class; a regression model "
+                  "predicts a score.",
+    "representation": "the representation map colours each point by its class; a regression target is a score.",
+}
+
+
+def _flat(metric: type[Metric]) -> Metric:
+    """``metric`` fed (N, 1) outputs as (N,)."""
+
+    class Flat(metric):
+        def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+            super().update(preds.float().reshape(-1), target.float().reshape(-1))
+
+    return Flat()

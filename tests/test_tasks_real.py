@@ -1,0 +1,56 @@
+"""The packaged MiniLM on the real data of each new task type (../shared/data): a safe margin below a measured
+run, so a broken loss, alignment or metric shows, and the trust report of each task on real outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sft.pipeline.train import train
+from tests.conftest import FAST, SHARED_DATA
+
+
+def needs(folder: str) -> pytest.MarkDecorator:
+    path = SHARED_DATA / folder
+    return pytest.mark.skipif(not path.is_dir(), reason=f"real data not found at {path} (../shared/data is absent)")
+
+
+def run(compose_cfg, tmp_path, *overrides: str) -> tuple[dict, dict]:
+    metrics = train(compose_cfg("model=minilm", f"output_dir={tmp_path / 'run'}", *FAST, *overrides))
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    return metrics, report
+
+
+@pytest.mark.slow
+@needs("mrpc")
+def test_mrpc_pairs_reach_080_f1_in_one_epoch(compose_cfg, tmp_path):
+    metrics, report = run(compose_cfg, tmp_path, "data=glue", "data.task=mrpc", f"data.path={SHARED_DATA / 'mrpc'}",
+                          "report=default", "report.sections=[performance,calibration,attributions]")
+    assert metrics["test/f1"] >= 0.80, metrics  # GLUE's F1 of 'equivalent' on the 408 dev pairs
+    assert metrics["test/acc"] > 0.68  # the majority class ('equivalent') is 68% of dev
+    assert report["sections"]["performance"]["n"] == 408
+    assert "sentence pair" in report["skipped"]["attributions"]
+
+
+@pytest.mark.slow
+@needs("stsb")
+def test_stsb_regression_reaches_075_pearson_in_one_epoch(compose_cfg, tmp_path):
+    metrics, report = run(compose_cfg, tmp_path, "data=glue", "data.task=stsb", f"data.path={SHARED_DATA / 'stsb'}",
+                          "report=default", "report.sections=[performance,calibration]")
+    assert metrics["test/pearson"] >= 0.75 and metrics["test/spearman"] >= 0.75, metrics
+    performance = report["sections"]["performance"]
+    assert performance["metrics"]["mse"] < performance["mean_baseline"]["mse"] / 2
+    assert "regression" in report["skipped"]["calibration"]
+
+
+@pytest.mark.slow
+@needs("conll2003")
+def test_conll2003_entities_reach_070_f1_on_a_few_thousand_sentences(compose_cfg, tmp_path):
+    metrics, report = run(compose_cfg, tmp_path, "data=conll2003", f"data.path={SHARED_DATA / 'conll2003'}",
+                          "data.train_size=3000", "data.val_size=300", "trainer.max_epochs=2", "report=default",
+                          "report.sections=[performance]")
+    assert metrics["test/f1"] >= 0.70, metrics  # entity-level (seqeval) on eng.testa, 3,250 sentences
+    performance = report["sections"]["performance"]
+    assert {row["label"] for row in performance["per_type"]} == {"LOC", "MISC", "ORG", "PER"}
+    assert sum(performance["errors"].values()) > 0 and performance["sentences"] == 3250

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sft.data.sources import Glue, TextFiles, read_table
+from sft.data.glue import Glue
+from sft.data.sources import TextFiles, read_table
 from sft.errors import ConfigError, DataError
 from sft.pipeline.build import build_datamodule as build
 from sft.pipeline.train import train

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from sft.data.batching import PadCollator, TrainBatchSampler
+from sft.data.glue import Glue
 from sft.data.sources import (
-    Glue,
     PackagedSample,
     TextFiles,
     TextSplits,

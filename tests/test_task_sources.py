@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 
 from sft.data.conll import TokenFiles, iob1_to_iob2, read_conll, read_token_jsonl
+from sft.data.glue import GLUE_TASKS, Glue
 from sft.data.goemotions import GoEmotions, read_emotion_names, read_goemotions
 from sft.data.sources import (
-    GLUE_TASKS,
-    Glue,
     TextFiles,
     TextSplits,
     carve,
@@ -656,11 +655,11 @@ def test_discover_multi_labels_and_tag_names():
 def test_sources_are_torch_free_and_hub_reads_fail_offline_with_the_fix(tmp_path):
     code = """
 import json, sys
-import sft.data.sources, sft.data.conll, sft.data.goemotions
+import sft.data.sources, sft.data.glue, sft.data.conll, sft.data.goemotions
 heavy = [m for m in ("torch", "lightning", "hydra", "datasets") if m in sys.modules]
 from sft.data.conll import TokenFiles
+from sft.data.glue import Glue
 from sft.data.goemotions import GoEmotions
-from sft.data.sources import Glue
 from sft.errors import DataError
 messages = []
 for source in (Glue("mrpc"), TokenFiles(), GoEmotions()):

@@ -1,6 +1,7 @@
 """Data: sources (files, GLUE, the packaged sample) and the text LightningDataModule."""
 
-from sft.data.sources import Glue, PackagedSample, TextFiles, TextSplits
+from sft.data.glue import Glue
+from sft.data.sources import PackagedSample, TextFiles, TextSplits
 
 __all__ = ["Glue", "PackagedSample", "TextDataModule", "TextFiles", "TextSplits"]
 

@@ -273,7 +273,7 @@ def sample(**loader: Any) -> TextDataModule:
 def glue(task: str = "sst2", path: str | None = None, val_size: float | int | None = None, encoding: str = "utf-8",
          **loader: Any) -> TextDataModule:
     """A GLUE task (one sentence, a sentence pair or STS-B's scores) from a local folder (``path``) or the HF hub."""
-    from sft.data.sources import Glue
+    from sft.data.glue import Glue
 
     return TextDataModule(Glue(task, path, val_size, encoding=encoding), **loader)
 

@@ -131,3 +131,23 @@ def test_a_global_batch_smaller_than_the_world_is_refused(compose_cfg, no_dropou
                       "trainer=ddp", "data.batch_size=1")
     with pytest.raises(ConfigError, match=r"data.batch_size=1 is the global batch, split across 2 processes"):
         train(cfg)
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("data, key", [("conll2003", "test/f1"), ("goemotions", "test/macro_f1")])
+def test_ddp_scores_entities_and_label_sets_over_every_ranks_examples(compose_cfg, no_dropout_bert, tmp_path, data,
+                                                                       key):
+    """Entity-level F1 and tuned-threshold macro F1 are not averages of per-rank scores: under DDP they equal the
+    single-process evaluation of the same model on the whole test split."""
+    from sft.eval import evaluate
+    from tests.taskdata import write_conll, write_goemotions
+
+    folder = (write_conll if data == "conll2003" else write_goemotions)(tmp_path / "data")
+    cfg = compose_cfg(f"model.name_or_path={no_dropout_bert}", f"output_dir={tmp_path / 'run'}", *FAST,
+                      "trainer=ddp", f"data={data}", f"data.path={folder}", "trainer.max_epochs=2",
+                      "data.batch_size=8", "optimizer.lr=3e-3", "trainer.precision=32", "report=none")
+    ddp = train(cfg)
+    single = evaluate(tmp_path / "run", "test")
+    assert ddp[key] == pytest.approx(single[key], abs=1e-6)
+    assert ddp[key.replace("test/", "val/")] == pytest.approx(evaluate(tmp_path / "run", "val")[key.replace(
+        "test/", "val/")], abs=1e-6)

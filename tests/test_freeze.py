@@ -136,6 +136,30 @@ def test_strategies_on_tiny_bert(tiny_bert, freeze, expected):
         assert checker.seen[0] == {"head"} and checker.seen[2] == {"block0", "block1", "head"}
 
 
+@pytest.mark.parametrize("data", ["conll2003", "goemotions"])
+@pytest.mark.parametrize("freeze, expected", [
+    ({"strategy": "backbone"}, lambda e: {"head"}),
+    ({"strategy": "bottom_k", "k": 1}, lambda e: {"block1", "head"}),
+    ({"strategy": "gradual", "milestones": [1, 2], "lr_decay": 0.5}, lambda e: set(TEXT_GROUPS[-1 - min(e, 2):])),
+])
+def test_strategies_on_a_tagger_and_a_multi_label_model(tiny_bert, tmp_path, data, freeze, expected):
+    """The blocks of AutoModelForTokenClassification and of a multi-label head freeze as a classifier's do."""
+    from sft.data import text
+    from tests.taskdata import write_conll, write_goemotions
+
+    folder = (write_conll if data == "conll2003" else write_goemotions)(tmp_path / "data")
+    dm = getattr(text, data)(path=str(folder), tokenizer=tiny_bert, batch_size=16, cache_dir=tmp_path / "cache")
+    dm.prepare_data()
+    checker = FreezeChecker(expected)
+    model = TextClassifier(tiny_bert, task=dm.task, freeze=freeze, optimizer=partial(torch.optim.AdamW, lr=1e-3))
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[checker], num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    assert sorted(checker.seen) == [0, 1, 2]
+    assert type(model.model).__name__ == ("BertForTokenClassification" if data == "conll2003"
+                                          else "BertForSequenceClassification")
+
+
 @pytest.mark.parametrize("freeze, expected", [
     ({"strategy": "bottom_k", "k": 2}, lambda e: {"block2", "block3", "head"}),
     ({"strategy": "gradual", "milestones": [1], "lr_decay": 0.7}, lambda e: {"head"} | ({"block3"} if e else set())),

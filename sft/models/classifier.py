@@ -218,7 +218,7 @@ class Classifier(L.LightningModule):
         logits = self.batch_logits(batch)
         loss = self.task.loss(logits, batch["labels"])
         metrics.update(logits.detach().float(), batch["labels"])
-        bs = len(batch["labels"])
+        bs = self.task.weight(batch["labels"])
         # Averaged over DDP ranks for val / test (once per epoch); train/loss stays per rank (no sync per step).
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", on_step=stage == "train", on_epoch=True,
                  batch_size=bs, sync_dist=stage != "train")

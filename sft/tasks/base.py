@@ -47,6 +47,10 @@ class Task:
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def weight(self, targets: torch.Tensor) -> int:
+        """How many examples a batch's mean loss is over (its weight in the epoch's mean loss)."""
+        return len(targets)
+
     # ------------------------------------------------------------------ metrics
     def metrics(self, stage: str) -> Metric:
         """A torchmetrics metric (synced across DDP ranks) whose ``compute()`` is ``{"<stage>/<name>": value}``."""

@@ -95,9 +95,13 @@ def f1_per_label(preds: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
 def tune_thresholds(probs: torch.Tensor, targets: torch.Tensor, mode: str) -> torch.Tensor:
     """Thresholds from :data:`GRID` that maximise each label's F1 (``per_label``) or the macro F1 (``global``)."""
     scores = torch.stack([f1_per_label(probs >= t, targets)[0] for t in GRID])  # (grid, L)
+    default = torch.tensor(0.5)
     if mode == "global":
-        return GRID[scores.mean(1).argmax()].repeat(probs.shape[1])
-    return GRID[scores.argmax(0)]  # the lowest best threshold of each label
+        best = scores.mean(1)
+        return (GRID[best.argmax()] if best.max() > 0 else default).repeat(probs.shape[1])
+    # The lowest best threshold of each label; 0.5 for a label no threshold finds (none in val): its F1 is 0
+    # everywhere, and the lowest threshold would predict it for nearly every input.
+    return torch.where(scores.max(0).values > 0, GRID[scores.argmax(0)], default)
 
 
 class MultiLabelScores(Metric):

@@ -33,6 +33,10 @@ class TokenTagging(Task):
         return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                  ignore_index=IGNORE)
 
+    def weight(self, targets: torch.Tensor) -> int:
+        """Labelled words: the loss is a per-word mean, so the epoch's is weighted by words, not sentences."""
+        return int((targets != IGNORE).sum())
+
     def metrics(self, stage: str) -> Metric:
         return EntityScores(self.label_names, stage, per_type=stage != "train")
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sft.data.sources import text_encoding, undecodable
+from sft.data.sources import jsonl_objects, text_encoding, undecodable
 from sft.errors import DataError, command_line
 
 
@@ -52,17 +52,7 @@ def _read_texts(path: Path, text_column: str, encoding: str, pair_column: str | 
                                     f"--{'text-pair' if column == pair_column else 'text'}-column.")
             return [_item(path, reader.line_num, row, columns) for row in reader]
     if suffix in (".jsonl", ".json", ".ndjson"):
-        texts = []
-        with path.open(encoding=encoding) as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    texts.append(_item(path, line_no, row, columns))
-                except (json.JSONDecodeError, TypeError, AttributeError):
-                    raise DataError(f"{path}:{line_no}: expected a JSON object with key(s) {columns}.") from None
-        return texts
+        return [_item(path, line_no, row, columns) for line_no, row in jsonl_objects(path, encoding, f"with {columns}")]
     if pair_column:
         raise DataError(f"--input {path}: sentence pairs need a .csv / .tsv / .jsonl file with columns {columns}.")
     with path.open(encoding=encoding) as f:

@@ -31,11 +31,11 @@ class ClassificationDataModule(L.LightningDataModule):
 
     @property
     def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.label_names))
+        return self.task.id2label
 
     @property
     def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.label_names)}
+        return self.task.label2id
 
     @property
     def task(self) -> Task:

@@ -18,7 +18,6 @@ No torch import here; ``datasets`` is imported only for a hub read.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from sft.data.sources import (
     _require_file,
     carve_val,
     hub_dataset,
+    jsonl_objects,
     parse_tag,
     tag_names,
     text_encoding,
@@ -116,39 +116,27 @@ def read_token_jsonl(path: str | Path, encoding: str = "utf-8", setting: str = "
     codec = text_encoding(encoding)
     p = _require_file(path, setting)
     sentences: list[Example] = []
+    shape = '{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}'
     try:
-        with p.open(encoding=codec) as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(
-                        f"{p}:{line_no}: not valid JSON ({e.msg}). Each line must be one JSON object "
-                        '{"tokens": [...], "tags": [...]}.'
-                    ) from None
-                if not isinstance(obj, dict) or "tokens" not in obj or "tags" not in obj:
-                    keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-                    raise DataError(
-                        f"{p}:{line_no}: expected an object with keys 'tokens' and 'tags' (found {keys}). Each line "
-                        'must be {"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}.'
-                    )
-                words, tags = obj["tokens"], obj["tags"]
-                for key, value in (("tokens", words), ("tags", tags)):
-                    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-                        raise DataError(f"{p}:{line_no}: '{key}' must be a list of non-empty strings. Fix the line.")
-                if not words:
-                    raise DataError(f"{p}:{line_no}: 'tokens' is empty. Remove the line or add the sentence's words.")
-                if len(words) != len(tags):
-                    raise DataError(
-                        f"{p}:{line_no}: {len(words)} tokens but {len(tags)} tags. Every token needs exactly one "
-                        "tag: fix the line."
-                    )
-                for tag in tags:
-                    if parse_tag(tag) is None:
-                        raise _bad_tag(f"{p}:{line_no}", tag)
-                sentences.append((tuple(w.strip() for w in words), iob1_to_iob2(tags)))
+        for line_no, obj in jsonl_objects(p, codec, shape):
+            if "tokens" not in obj or "tags" not in obj:
+                raise DataError(f"{p}:{line_no}: expected an object with keys 'tokens' and 'tags' (found "
+                                f"{sorted(obj)}). Each line must be {shape}.")
+            words, tags = obj["tokens"], obj["tags"]
+            for key, value in (("tokens", words), ("tags", tags)):
+                if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                    raise DataError(f"{p}:{line_no}: '{key}' must be a list of non-empty strings. Fix the line.")
+            if not words:
+                raise DataError(f"{p}:{line_no}: 'tokens' is empty. Remove the line or add the sentence's words.")
+            if len(words) != len(tags):
+                raise DataError(
+                    f"{p}:{line_no}: {len(words)} tokens but {len(tags)} tags. Every token needs exactly one "
+                    "tag: fix the line."
+                )
+            for tag in tags:
+                if parse_tag(tag) is None:
+                    raise _bad_tag(f"{p}:{line_no}", tag)
+            sentences.append((tuple(w.strip() for w in words), iob1_to_iob2(tags)))
     except UnicodeError as e:
         raise undecodable(p, codec, e) from None
     if not sentences:

@@ -21,7 +21,7 @@ import json
 import math
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -555,8 +555,10 @@ def _missing_column_fix(layout: _Layout, column: str, what: str) -> str:
     return f"Set data.text_column / label_column to the right {what}s"
 
 
-def _read_jsonl(p: Path, layout: _Layout, encoding: str) -> list[Example]:
-    rows = []
+def jsonl_objects(p: Path, encoding: str, example: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of each non-blank line of a JSONL file; a line that is not a JSON object is a
+    DataError naming the file and line (``example``: what a line should look like)."""
+    shape = f" {example}" if example else ""
     with p.open(encoding=encoding) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -564,17 +566,24 @@ def _read_jsonl(p: Path, layout: _Layout, encoding: str) -> list[Example]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{line_no}: not valid JSON ({e.msg}). Each line must be one JSON object.") from None
+                raise DataError(f"{p}:{line_no}: not valid JSON ({e.msg}). Each line must be one JSON object"
+                                f"{shape}.") from None
             if not isinstance(obj, dict):
-                raise DataError(f"{p}:{line_no}: expected a JSON object, found {type(obj).__name__}.")
-            for col in layout.keys:
-                if col not in obj:
-                    raise DataError(
-                        f"{p}:{line_no}: no key {col!r} (keys: {sorted(obj)}). "
-                        f"{_missing_column_fix(layout, col, 'key')}."
-                    )
-            pair = obj[layout.pair] if layout.pair is not None else None
-            rows.append(_make_row(p, line_no, obj[layout.text], pair, obj[layout.label], layout))
+                raise DataError(f"{p}:{line_no}: expected a JSON object{shape}, found {type(obj).__name__}.")
+            yield line_no, obj
+
+
+def _read_jsonl(p: Path, layout: _Layout, encoding: str) -> list[Example]:
+    rows = []
+    for line_no, obj in jsonl_objects(p, encoding):
+        for col in layout.keys:
+            if col not in obj:
+                raise DataError(
+                    f"{p}:{line_no}: no key {col!r} (keys: {sorted(obj)}). "
+                    f"{_missing_column_fix(layout, col, 'key')}."
+                )
+        pair = obj[layout.pair] if layout.pair is not None else None
+        rows.append(_make_row(p, line_no, obj[layout.text], pair, obj[layout.label], layout))
     return rows
 
 

@@ -11,6 +11,7 @@ import torch
 from sft.data.batching import PadCollator
 from sft.data.encoding import encode, takes_token_types
 from sft.inference import Outputs, chunks, outputs
+from sft.tasks import make_task
 
 
 @dataclass
@@ -33,6 +34,11 @@ class ReportContext:
     split: str = "test"  # the split ``test`` holds (report.split): its texts / pixels are what sections perturb
     val_is_evaluated: bool = False  # val and the evaluated split are the same examples (no separate test split)
     extras: dict[str, Any] = field(default_factory=dict)  # section results others may read
+
+    @property
+    def task(self) -> Any:
+        """The model's task (:mod:`sft.tasks`); single-label over ``label_names`` for a model without one."""
+        return getattr(self.model, "task", None) or make_task("single_label", self.label_names)
 
     @property
     def modality(self) -> str:

@@ -53,7 +53,7 @@ def run_sections(ctx: ReportContext, report: dict[str, Any]) -> dict[str, Any]:
     """Every configured section, timed; a section that cannot run on this model is skipped with its reason."""
     check_report_settings(report)
     sections, timings, skipped = {}, {}, {}
-    task = ctx.model.task
+    task = ctx.task
     for name in report.get("sections", []):
         started = time.perf_counter()
         reason = task.not_applicable(name)
@@ -81,7 +81,7 @@ def write_predictions(ctx: ReportContext, folder: Path) -> Path:
     """Per-example predictions on the report split (read by the stability report): ``index``, the true ``label``,
     the ``pred``iction and the task's per-example values (class probabilities; a score; label sets; tags)."""
     path = folder / "predictions.csv"
-    task, names = ctx.model.task, ctx.label_names
+    task, names = ctx.task, ctx.label_names
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         if task.kind == "single_label":
@@ -99,7 +99,7 @@ def write_predictions(ctx: ReportContext, folder: Path) -> Path:
 def task_predictions(ctx: ReportContext) -> tuple[list[str], list[str]]:
     """(true, predicted) per example of the report split as text: scores, ``;``-joined label sets, space-joined
     tags of the labelled words."""
-    task, logits, labels = ctx.model.task, ctx.test.logits, ctx.test.labels
+    task, logits, labels = ctx.task, ctx.test.logits, ctx.test.labels
     if task.kind == "regression":
         return [f"{v:.6f}" for v in labels.tolist()], [f"{v:.6f}" for v in logits.reshape(-1).tolist()]
     if task.kind == "multi_label":

@@ -64,7 +64,7 @@ def performance(preds: Any, labels: Any, label_names: Sequence[str], train_label
 def section(ctx: Any, settings: Mapping[str, Any] | None = None) -> dict:
     """Performance of the test predictions (argmax of ``ctx.test.logits``; other task types:
     :mod:`sft.report.task_performance`); no settings."""
-    if ctx.model.task.kind != "single_label":
+    if ctx.task.kind != "single_label":
         return task_performance.section(ctx)
     n_classes = len(ctx.label_names)
     if ctx.test.logits.ndim != 2 or ctx.test.logits.shape[1] != n_classes:

@@ -20,7 +20,7 @@ EXAMPLES_PER_KIND = 5  # token-classification errors shown per kind
 
 
 def section(ctx: Any) -> dict[str, Any]:
-    kind = ctx.model.task.kind
+    kind = ctx.task.kind
     metrics = ctx.model.split_metrics(ctx.test.logits, ctx.test.labels, ctx.split)
     values = {key.split("/", 1)[1]: value for key, value in metrics.items()}
     data = {"task": kind, "n": int(len(ctx.test.labels)), "metrics": values}
@@ -59,7 +59,7 @@ def binary_ece(probs: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS)
 
 
 def multi_label(ctx: Any) -> dict[str, Any]:
-    task = ctx.model.task
+    task = ctx.task
     probs, targets = torch.sigmoid(ctx.test.logits.float()), ctx.test.labels.bool()
     thresholds = ctx.model.thresholds.detach().cpu()
     chosen = probs >= thresholds
@@ -84,7 +84,7 @@ def multi_label(ctx: Any) -> dict[str, Any]:
 def token(ctx: Any) -> dict[str, Any]:
     from sft.tasks.token import entity_spans, word_tags
 
-    task = ctx.model.task
+    task = ctx.task
     preds, true = word_tags(ctx.test.logits, ctx.test.labels)
     names = task.label_names
     true_tags = [[names[i] for i in row.tolist()] for row in true]

@@ -1,6 +1,6 @@
-"""The one place outputs become metrics (torchmetrics): training's logged metrics, ``sft.eval``, the
-scikit-learn head and the report's performance section all call these, so their numbers agree by
-construction. Keys follow ``<split>/<name>`` (``val/acc``, ``test/f1``)."""
+"""Classification metrics (torchmetrics): the single-label task's (:mod:`sft.tasks.single_label`), the
+scikit-learn head's and the report's performance section build on these, so their numbers agree by construction.
+Keys follow ``<split>/<name>`` (``val/acc``, ``test/f1``)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Keys follow ``<split>/<name>`` (``val/acc``, ``test/f1``)."""
 from __future__ import annotations
 
 import torch
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import Metric
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -23,24 +23,6 @@ def classification_metrics(num_labels: int) -> dict[str, Metric]:
         "recall": MulticlassRecall(num_labels, average="macro"),
         "f1": MulticlassF1Score(num_labels, average="macro"),
     }
-
-
-def stage_metrics(num_labels: int, prefix: str) -> MetricCollection:
-    """:func:`classification_metrics` keyed ``<stage>/acc`` etc."""
-    return MetricCollection(classification_metrics(num_labels), prefix=f"{prefix}/")
-
-
-def split_metrics(logits: torch.Tensor, labels: torch.Tensor, split: str) -> dict[str, float]:
-    """``stage_metrics`` plus the mean cross-entropy (``<split>/loss``) of one split.
-
-    ``logits`` may be log-probabilities (a scikit-learn head's ``log(predict_proba)``): the loss is then the NLL.
-    """
-    logits, labels = logits.float(), labels.long()
-    metrics = stage_metrics(logits.shape[-1], split)
-    metrics.update(logits, labels)
-    result = {k: float(v) for k, v in metrics.compute().items()}
-    result[f"{split}/loss"] = float(torch.nn.functional.cross_entropy(logits, labels)) if len(labels) else 0.0
-    return result
 
 
 def per_class(preds: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict[str, torch.Tensor]:

@@ -21,7 +21,6 @@ import torch
 from sft.data.sources import PackagedSample
 from sft.data.text import TextDataModule
 from sft.inference import split_outputs
-from sft.metrics import split_metrics
 from sft.models.classifier import TextClassifier
 from sft.report.make import build_context, make_report
 
@@ -36,7 +35,7 @@ dm.setup("test")
 test = split_outputs(model, dm, "test")
 report = make_report(build_context(model, dm), {"sections": ["performance", "calibration"]}, out,
                      {"model": tiny, "data": "sample", "split": "test"})
-assert report["sections"]["performance"]["accuracy"] == split_metrics(test.logits, test.labels, "test")["test/acc"]
+assert report["sections"]["performance"]["accuracy"] == model.split_metrics(test.logits, test.labels, "test")["test/acc"]
 print("hydra" in sys.modules, (out / "report.html").is_file())
 """
 

@@ -16,11 +16,11 @@ from torchmetrics.classification import MulticlassCalibrationError
 
 from sft.errors import ConfigError
 from sft.inference import Outputs
-from sft.metrics import split_metrics
 from sft.report import calibration as cal
 from sft.report.context import ReportContext
 from sft.report.performance import performance
 from sft.report.performance import section as performance_section
+from sft.tasks import make_task
 
 # ------------------------------------------------------------------------------------------------ fixtures
 # Four 2-class examples, 4 bins of width 0.25 (by hand):
@@ -233,11 +233,12 @@ def test_performance_matches_sklearn_including_never_predicted_and_absent_classe
     assert [row["support"] for row in result["per_class"]] == support.tolist()
     assert result["confusion_matrix"] == skm.confusion_matrix(y, p, labels=classes).tolist()
     assert result["accuracy"] == pytest.approx(skm.accuracy_score(y, p))
-    # Macro F1 as metrics.json's test/f1 (sft.metrics, torchmetrics): over the classes that occur in the labels
+    # Macro F1 as metrics.json's test/f1 (sft.tasks, torchmetrics): over the classes that occur in the labels
     # or the predictions (sklearn's default); class 4, absent from both, has no F1 to average.
     assert result["macro_f1"] == pytest.approx(skm.f1_score(y, p, average="macro", zero_division=0))
-    assert result["macro_f1"] == pytest.approx(split_metrics(torch.nn.functional.one_hot(preds, 5).float(), labels,
-                                                             "test")["test/f1"])
+    task = make_task("single_label", [str(c) for c in range(5)])  # metrics.json's test/f1
+    assert result["macro_f1"] == pytest.approx(task.split_metrics(torch.nn.functional.one_hot(preds, 5).float(),
+                                                                  labels, "test")["test/f1"])
     assert result["n"] == 300 and result["per_class"][3]["precision"] == 0.0
 
 

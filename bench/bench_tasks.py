@@ -243,11 +243,7 @@ def peer_hf(task: str, peer: str, args: argparse.Namespace) -> dict[str, Any]:
     )
 
     transformers.logging.set_verbosity_warning()
-    try:
-        import accelerate  # noqa: F401 - Trainer needs it; fail early with the fix
-    except ImportError:
-        raise RuntimeError("transformers.Trainer needs `accelerate>=1.1.0`: `pip install 'accelerate>=1.1.0'` "
-                           "(sft's `bench` extra)") from None
+    harness.require_accelerate()
     spec = recipe(task, peer, args.quick)
     splits, _ = load_splits(task, args)
     labels = list(splits.label_names)

@@ -178,12 +178,7 @@ def peer_hf(args: argparse.Namespace, best: bool) -> dict[str, Any]:
     )
 
     transformers.logging.set_verbosity_warning()
-    try:
-        import accelerate  # Trainer needs it; fail early with the fix
-    except ImportError:
-        raise RuntimeError("transformers.Trainer needs `accelerate>=1.1.0`: `pip install 'accelerate>=1.1.0'` "
-                           "in the venv, or install it elsewhere (pip install --target DIR accelerate psutil "
-                           "--no-deps) and pass --extra-path DIR") from None
+    harness.require_accelerate()
     train_rows = read_sst2(args.sst2_dir / "train.tsv", args.train_rows)
     dev_rows = read_sst2(args.sst2_dir / "dev.tsv", args.dev_rows)
     path = minilm_path()
@@ -257,7 +252,7 @@ def peer_hf(args: argparse.Namespace, best: bool) -> dict[str, Any]:
     metrics = trainer.evaluate(eval_dataset=dev_ds)
     return {"train_s": train_s, "dev_acc": metrics["eval_accuracy"], "steps": int(out.global_step),
             "mean_batch_width": mean(widths), "hf_train_runtime_s": out.metrics.get("train_runtime"),
-            "accelerate": accelerate.__version__,
+            "accelerate": harness.versions(["accelerate"]).get("accelerate"),
             "precision": "bf16" if use_bf16 else "fp32",
             "notes": f"optim={getattr(targs.optim, 'value', targs.optim)}, sampling={targs.train_sampling_strategy}, "
                      f"bf16={'on' if use_bf16 else 'off (no AMX/AVX512-BF16)'}"}

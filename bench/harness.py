@@ -397,3 +397,12 @@ def fmt(value: Any, spec: str) -> str:
 def failure_note(r: dict[str, Any]) -> str:
     """The notes cell of a failed row: its error, cut short and safe in a Markdown table."""
     return (r.get("error", "") or "").replace("|", "/")[:120]
+
+
+def require_accelerate() -> None:
+    """transformers.Trainer needs accelerate: fail early with the fix."""
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise RuntimeError("transformers.Trainer needs `accelerate>=1.1.0`: `pip install 'accelerate>=1.1.0'` "
+                           "(sft's `bench` extra).") from None

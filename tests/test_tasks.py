@@ -899,3 +899,28 @@ def test_accuracy_is_not_a_regression_metric(compose_cfg, tiny_bert, tmp_path):
     message = fails_early(compose_cfg, tiny_bert, tmp_path, ConfigError, r"optimized_metric='val/acc'", "data=glue",
                           "data.task=stsb", f"data.path={folder}", "optimized_metric=val/acc")
     assert "val/pearson" in message and "regression" in message
+
+
+def test_task_performance_pages_render_their_own_tables_and_figures():
+    """The performance section's page for each task type beyond single-label: its metrics in the task's order,
+    the regression figure, per-label thresholds and ECE, per-type entity scores and error examples."""
+    from sft.report import performance
+
+    regression = {"task": "regression", "n": 3, "metrics": {"pearson": 0.9, "spearman": 0.8, "mse": 0.5},
+                  "metric_names": ["pearson", "spearman", "mse"], "points": [[1.0, 1.2], [2.0, 1.8], [3.0, 3.3]],
+                  "mean_baseline": {"prediction": 2.1, "mse": 0.4}, "residual": {"mean": 0.0, "std": 0.2}}
+    html = performance.render(regression)
+    assert "data:image/png;base64," in html and "always the training mean" in html
+    assert "no lower than always predicting the training mean" in html  # 0.5 >= 0.4: the warning
+    assert performance.summary(regression)[0] == ("pearson", "0.900")
+    multi = {"task": "multi_label", "n": 4, "metrics": {"macro_f1": 0.5}, "metric_names": ["macro_f1", "micro_f1"],
+             "per_label": [{"label": "joy<b>", "precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2,
+                            "train_count": 9, "threshold": 0.35, "ece": 0.12}],
+             "threshold_mode": "per_label", "mean_ece": 0.12, "labels_per_example": 1.25}
+    html = performance.render(multi)
+    assert "joy&lt;b&gt;" in html and "0.35" in html and "per_label" in html and "ECE" in html
+    token = {"task": "token", "n": 2, "metrics": {"f1": 0.5}, "metric_names": ["f1", "token_acc"],
+             "per_type": [{"label": "PER", "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}],
+             "errors": {"missed": 1}, "examples": {"missed": [{"index": 1, "true_span": "Mary Smith (PER)"}]}}
+    html = performance.render(token)
+    assert "Mary Smith (PER)" in html and "missed" in html and "entity type" in html

@@ -28,7 +28,9 @@ def finish(fitted: Fitted, output_dir: Path, *, export: bool = True, report: dic
             fitted.model.export(export_dir, fitted.datamodule)
         for write in fitted.extra_files:
             write(export_dir)
-    summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val/acc", "test/acc", "test/f1") if k in metrics)
+    headline = fitted.model.task.metric_names[:2]  # the task's own (acc and f1; pearson and spearman; ...)
+    summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in (f"{split}/{name}" for split in ("val", "test")
+                                                            for name in headline) if k in metrics)
     log.info("Done: %s. Results in %s", summary, output_dir)
     if report is not None and fitted.exportable:
         metrics.update(_report(fitted, output_dir, report, metrics, seed, pretrained, run_summary or {}))

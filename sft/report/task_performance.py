@@ -23,7 +23,7 @@ def section(ctx: Any) -> dict[str, Any]:
     kind = ctx.task.kind
     metrics = ctx.model.split_metrics(ctx.test.logits, ctx.test.labels, ctx.split)
     values = {key.split("/", 1)[1]: value for key, value in metrics.items()}
-    data = {"task": kind, "n": int(len(ctx.test.labels)), "metrics": values}
+    data = {"task": kind, "n": int(len(ctx.test.labels)), "metrics": values, "metric_names": list(ctx.task.metric_names)}
     data.update({"regression": regression, "multi_label": multi_label, "token": token}[kind](ctx))
     return data
 
@@ -157,15 +157,11 @@ HOWS = {
         (overlapping words), missed (no overlapping prediction), spurious (a predicted entity where there is
         none).""",
 }
-METRIC_NAMES = {"regression": ("pearson", "spearman", "mse"), "multi_label": ("micro_f1", "macro_f1", "subset_acc",
-                                                                             "map"),
-                "token": ("f1", "precision", "recall", "token_acc")}
-
 
 def render(data: dict[str, Any]) -> str:
     kind = data.get("task")
     metrics = data.get("metrics") or {}
-    head = table(["metric", "value"], [[esc(m), num(metrics.get(m))] for m in METRIC_NAMES.get(kind, ())])
+    head = table(["metric", "value"], [[esc(m), num(metrics.get(m))] for m in data.get("metric_names") or ()])
     intro = how(HOWS.get(kind, "{n} examples."), n=num(data.get("n")))
     if kind == "regression":
         baseline = data.get("mean_baseline") or {}
@@ -200,4 +196,4 @@ def render(data: dict[str, Any]) -> str:
 
 def summary(data: dict[str, Any]) -> list[tuple[str, str]]:
     metrics = data.get("metrics") or {}
-    return [(name.replace("_", " "), num(metrics.get(name))) for name in METRIC_NAMES.get(data.get("task"), ())[:3]]
+    return [(name.replace("_", " "), num(metrics.get(name))) for name in (data.get("metric_names") or [])[:3]]

@@ -21,7 +21,7 @@ class Task:
 
     kind: ClassVar[str] = ""
     problem_type: ClassVar[str | None] = None  # transformers' config.problem_type
-    metric_names: ClassVar[tuple[str, ...]] = ()  # logged as <stage>/<name> on val and test
+    metric_names: ClassVar[tuple[str, ...]] = ()  # logged as <stage>/<name> on val and test; headline first
     default_metric: ClassVar[str] = "val/acc"
 
     def __post_init__(self) -> None:

@@ -20,7 +20,7 @@ GRID = torch.arange(0.05, 0.951, 0.05)  # candidate thresholds
 class MultiLabel(Task):
     kind = "multi_label"
     problem_type = "multi_label_classification"
-    metric_names = ("micro_f1", "macro_f1", "subset_acc", "map")
+    metric_names = ("macro_f1", "micro_f1", "subset_acc", "map")
     default_metric = "val/macro_f1"
 
     def __post_init__(self) -> None:

@@ -23,7 +23,7 @@ class SingleLabel(Task):
 
     kind = "single_label"
     problem_type = "single_label_classification"
-    metric_names = ("acc", "precision", "recall", "f1", "mcc")
+    metric_names = ("acc", "f1", "mcc", "precision", "recall")
     default_metric = "val/acc"
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ IGNORE = -100  # the label of sub-tokens after a word's first, and of special to
 class TokenTagging(Task):
     kind = "token"
     problem_type = None  # transformers' token-classification models have no problem_type
-    metric_names = ("precision", "recall", "f1", "token_acc")
+    metric_names = ("f1", "token_acc", "precision", "recall")
     default_metric = "val/f1"
 
     @property

@@ -198,7 +198,7 @@ class TextDataModule(ClassificationDataModule):
             split.update(labels=torch.tensor([i for seq in labels for i in seq], dtype=torch.long), per_token=True)
         else:
             split["labels"] = task.targets([y for _, y in rows])
-        if takes_token_types(self.tokenizer, inputs):
+        if not tagging and takes_token_types(self.tokenizer, inputs):  # (a two-word sentence is not a pair)
             split["token_type_ids"] = torch.tensor([t for seq in encoded["token_type_ids"] for t in seq],
                                                    dtype=torch.int8)
         return split

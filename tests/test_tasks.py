@@ -864,9 +864,10 @@ def test_stsb_score_that_is_not_a_number(compose_cfg, tiny_bert, tmp_path):
     folder = write_stsb(tmp_path / "stsb")
     line = (folder / "dev.tsv").read_text().splitlines()[3]
     replace_line(folder / "dev.tsv", 4, line.rsplit("\t", 1)[0] + "\tfour")
-    fails_early(compose_cfg, tiny_bert, tmp_path, DataError,
-                rf"{folder / 'dev.tsv'}:4: label 'four' in column 'score' is not a number", "data=glue",
-                "data.task=stsb", f"data.path={folder}")
+    message = fails_early(compose_cfg, tiny_bert, tmp_path, DataError,
+                          rf"{folder / 'dev.tsv'}:4: label 'four' in column 'score' is not a number", "data=glue",
+                          "data.task=stsb", f"data.path={folder}")
+    assert "fix the row" in message  # says how to fix it
 
 
 def test_goemotions_label_id_outside_emotions_txt(compose_cfg, tiny_bert, tmp_path):
@@ -889,9 +890,10 @@ def test_conll_line_with_the_wrong_number_of_fields(compose_cfg, tiny_bert, tmp_
 def test_conll_tag_that_is_not_iob(compose_cfg, tiny_bert, tmp_path, tag):
     folder = write_conll(tmp_path / "conll")
     replace_line(folder / "eng.testa", 5, f"Smith NNP I-NP {tag}")
-    fails_early(compose_cfg, tiny_bert, tmp_path, DataError,
-                rf"{folder / 'eng.testa'}:5: tag '{tag}' is not O, B-TYPE or I-TYPE", "data=conll2003",
-                f"data.path={folder}")
+    message = fails_early(compose_cfg, tiny_bert, tmp_path, DataError,
+                          rf"{folder / 'eng.testa'}:5: tag '{tag}' is not O, B-TYPE or I-TYPE", "data=conll2003",
+                          f"data.path={folder}")
+    assert "Fix the tag" in message and "B-PER" in message  # says how to fix it, with an example
 
 
 def test_accuracy_is_not_a_regression_metric(compose_cfg, tiny_bert, tmp_path):

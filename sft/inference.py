@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from sft.data.batching import PadCollator, length_batches
-from sft.data.encoding import encode, takes_token_types
+from sft.data.encoding import unlabelled_examples
 from sft.errors import ConfigError
 from sft.export import THRESHOLDS_FILE
 from sft.rundir import CALIBRATION_FILE, is_export_dir, run_dir_of
@@ -188,18 +188,18 @@ def text_logits(model: Any, tokenizer: Any, inputs: list[Any], max_length: int =
                 ) -> torch.Tensor:
     """The model's outputs for texts or (a, b) pairs, one row per input in the given order (batched by length
     internally), tokenized as the training data was."""
-    from torch.utils.data import DataLoader
-
     if not inputs:
         return torch.empty(0, model.task.num_outputs)
-    encoded = encode(tokenizer, inputs, max_length)
-    segments = encoded["token_type_ids"] if takes_token_types(tokenizer, inputs) else None
-    examples = [{"input_ids": torch.tensor(ids), "labels": torch.tensor(0),
-                 **({"token_type_ids": torch.tensor(segments[i])} if segments else {})}
-                for i, ids in enumerate(encoded["input_ids"])]
-    loader = DataLoader(examples, batch_sampler=length_batches([len(e["input_ids"]) for e in examples], batch_size),
-                        collate_fn=PadCollator(tokenizer.pad_token_id or 0))
-    return outputs(model, loader).logits
+    return outputs(model, _length_loader(tokenizer, unlabelled_examples(tokenizer, inputs, max_length),
+                                         batch_size)).logits
+
+
+def _length_loader(tokenizer: Any, examples: list[dict[str, Any]], batch_size: int) -> Any:
+    """Examples in length-sorted, padded batches (:func:`outputs` puts the rows back in order)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(examples, batch_sampler=length_batches([len(e["input_ids"]) for e in examples], batch_size),
+                      collate_fn=PadCollator(tokenizer.pad_token_id or 0))
 
 
 def predict_proba(model: Any, tokenizer: Any, texts: list[Any], max_length: int = 128, batch_size: int = 64,
@@ -213,17 +213,13 @@ def tag_entities(model: Any, tokenizer: Any, texts: list[str], max_length: int =
     """Entities in raw texts, as a token-classification model tags them: per text, ``{"entity", "start", "end",
     "word", "score"}`` with character offsets into the text. Words are the tokenizer's pre-tokenized words; a word's
     tag is its first sub-token's (as in training); ``score`` is the mean probability of the entity's words' tags."""
-    from torch.utils.data import DataLoader
-
     from sft.tasks.token import entity_spans
 
     if not texts:
         return []
     encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_offsets_mapping=True)
     examples = [{"input_ids": torch.tensor(ids), "labels": torch.tensor(0)} for ids in encoded["input_ids"]]
-    loader = DataLoader(examples, batch_sampler=length_batches([len(e["input_ids"]) for e in examples], batch_size),
-                        collate_fn=PadCollator(tokenizer.pad_token_id or 0))
-    probs = outputs(model, loader).logits.softmax(-1)
+    probs = outputs(model, _length_loader(tokenizer, examples, batch_size)).logits.softmax(-1)
     names = model.task.label_names
     result = []
     for i, text in enumerate(texts):

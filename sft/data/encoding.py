@@ -50,3 +50,15 @@ def word_labels(encoding: Any, tags: Sequence[Sequence[str]], tag2id: dict[str, 
             previous = word
         rows.append(labels)
     return rows
+
+
+def unlabelled_examples(tokenizer: Any, inputs: Sequence[Any], max_length: int) -> list[dict[str, Any]]:
+    """Texts or pairs as the examples the collator pads (``input_ids``, segment ids for pairs where the model takes
+    them, a placeholder label): what ``sft.predict`` and the report feed a model."""
+    import torch
+
+    encoded = encode(tokenizer, inputs, max_length)
+    segments = encoded["token_type_ids"] if takes_token_types(tokenizer, inputs) else None
+    return [{"input_ids": torch.tensor(ids), "labels": torch.tensor(0),
+             **({"token_type_ids": torch.tensor(segments[i])} if segments else {})}
+            for i, ids in enumerate(encoded["input_ids"])]

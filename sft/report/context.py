@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from sft.data.batching import PadCollator
-from sft.data.encoding import encode, takes_token_types
+from sft.data.encoding import unlabelled_examples
 from sft.inference import Outputs, chunks, outputs
 from sft.tasks import make_task
 
@@ -60,11 +60,7 @@ class ReportContext:
     def encode(self, texts: list[Any]) -> dict[str, torch.Tensor]:
         """A padded batch (input_ids, attention_mask; token_type_ids for pairs where the model takes them) the
         way the data module tokenizes (same max_length)."""
-        ids = encode(self.tokenizer, list(texts), self.datamodule.max_length)
-        items = [{"input_ids": torch.tensor(seq), "labels": torch.tensor(0)} for seq in ids["input_ids"]]
-        if takes_token_types(self.tokenizer, list(texts)):
-            for item, segments in zip(items, ids["token_type_ids"], strict=True):
-                item["token_type_ids"] = torch.tensor(segments)
+        items = unlabelled_examples(self.tokenizer, list(texts), self.datamodule.max_length)
         batch = PadCollator(self.tokenizer.pad_token_id or 0)(items)
         batch.pop("labels")
         return {k: v.to(self.device) for k, v in batch.items()}

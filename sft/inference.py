@@ -149,7 +149,8 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
         id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
         labels_file = p / "labels.json"
         task = json.loads(labels_file.read_text()).get("task") if labels_file.is_file() else None
-        model = TextClassifier(str(p), num_labels=len(id2label), id2label=id2label, task=task).eval()
+        model = TextClassifier(str(p), num_labels=len(id2label), id2label=id2label, task=task,
+                               head_bias="library").eval()  # trained: its head stays as saved
         thresholds = p / THRESHOLDS_FILE
         if getattr(model, "thresholds", None) is not None and thresholds.is_file():
             saved = json.loads(thresholds.read_text())["thresholds"]

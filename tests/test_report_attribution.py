@@ -417,6 +417,105 @@ def test_image_sections_on_an_image_folder(image_root):
     assert isinstance(faith["beats_random"], bool) and faith["verdict"].startswith("The grad_cam attributions")
 
 
+# ---------------------------------------------------------------------- sentence pairs
+PAIR_TEST = [("the movie", "was great", "present"), ("a great day", "for us", "present"),
+             ("we had", "a great time", "present"), ("great food", "and service", "present"),
+             ("the movie", "was dull", "absent"), ("a slow", "day", "absent")]
+
+
+@pytest.fixture
+def pair_model(key_model):
+    """The key-token model as a sentence-pair model whose second segment lowers the feature it reads: its
+    predictions depend on the segment ids, as a pair model trained with them does (still "present" with the key
+    word in either segment)."""
+    import copy
+
+    from sft.tasks import make_task
+
+    model = copy.deepcopy(key_model[0])
+    model.task = make_task("single_label", ["absent", "present"], pair=True)
+    with torch.no_grad():
+        model.model.bert.embeddings.token_type_embeddings.weight[1, 0] = -0.3
+    return model
+
+
+def write_pair_csv(path: Path, rows: list[tuple[str, str, str]]) -> str:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(("text", "text_pair", "label"))
+        writer.writerows(rows)
+    return str(path)
+
+
+def test_pair_segment_ids_are_the_tokenizers_and_reach_the_model(pair_model, key_model):
+    from sft.report.attribution import segment_ids, segment_separator, text_probability_forward
+
+    tokenizer = key_model[1]
+    enc = tokenizer([a for a, _, _ in PAIR_TEST], [b for _, b, _ in PAIR_TEST], padding=True, return_tensors="pt")
+    separator = segment_separator(pair_model, tokenizer)
+    assert separator == tokenizer.sep_token_id
+    assert torch.equal(segment_ids(enc["input_ids"], enc["attention_mask"], separator), enc["token_type_ids"])
+    with torch.no_grad():
+        truth = pair_model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).softmax(-1)
+        explained = text_probability_forward(pair_model, separator)(enc["input_ids"], enc["attention_mask"])
+        without_segments = text_probability_forward(pair_model)(enc["input_ids"], enc["attention_mask"])
+    assert torch.allclose(explained, truth, atol=1e-6)  # what the attributions explain is the model's prediction
+    assert (without_segments - truth).abs().max() > 0.02  # (all-zero segment ids would be another model)
+    assert segment_separator(key_model[0], tokenizer) is None  # one text: no segments
+
+
+def test_pair_attributions_faithfulness_and_robustness_cover_both_segments(pair_model, tiny_bert, tmp_path):
+    from sft.data.text import text_file
+    from sft.report import robustness
+
+    rows = [(a, b, label) for a, b, label in PAIR_TEST]
+    dm = text_file(train=write_pair_csv(tmp_path / "train.csv", rows), val=write_pair_csv(tmp_path / "val.csv", rows),
+                   test=write_pair_csv(tmp_path / "test.csv", rows), text_pair_column="text_pair",
+                   tokenizer=tiny_bert, max_length=32, cache_dir=str(tmp_path / "cache"))
+    dm.prepare_data()
+    dm.setup()
+    assert dm.task.pair
+    ctx = ReportContext(model=pair_model, datamodule=dm, label_names=dm.splits.label_names,
+                        test=split_outputs(pair_model, dm, "test"), seed=0)
+    assert ctx.task.not_applicable("attributions") is None
+    result = attribution.section(ctx, {"examples": 3})
+    assert len(result["examples"]) == len(PAIR_TEST)
+    key_first = set()
+    for example in result["examples"]:
+        first, second, label = PAIR_TEST[example["index"]]
+        tokens, scores = example["tokens"], example["scores"]
+        sep = [i for i, t in enumerate(tokens) if t == "[SEP]"]
+        assert len(sep) == 2 and tokens[1:sep[0]] == tokenizer_words(first) and tokens[sep[0] + 1:sep[1]] == \
+            tokenizer_words(second)  # both segments, each in its place
+        assert abs(example["delta"]) < 0.01  # the scores add up to p(x) - p(baseline) (~1 or ~0 here)
+        if example["pred"] == label == "present":  # the key word ranks first, in whichever segment it is
+            assert tokens[max(range(len(scores)), key=scores.__getitem__)] == KEY
+            key_first.add(KEY in second.split())
+    assert key_first == {False, True}  # explained in the first segment and in the second
+    faith = faithfulness.section(ctx, {"examples": 6, "curve_points": 4, "random_repeats": 2})
+    assert faith["n"] == 6 and faith["unit"] == "token" and faith["comprehensiveness"]["attribution"] > \
+        faith["comprehensiveness"]["random"]
+    robust = robustness.section(ctx, {"token_dropout": 0.5, "typo_rate": None})
+    assert robust["n"] == len(PAIR_TEST) and [p["name"] for p in robust["perturbations"]] == ["token_dropout"]
+
+
+def tokenizer_words(text: str) -> list[str]:
+    return text.split()  # every word of PAIR_TEST is one WordPiece token
+
+
+def test_robustness_perturbs_both_texts_of_a_pair():
+    import random
+
+    from sft.report.robustness import perturb_input, token_dropout
+
+    pair = ("one two three four five six", "alpha beta gamma delta epsilon zeta")
+    perturbed = perturb_input(token_dropout, pair, 0.5, random.Random(3))
+    assert isinstance(perturbed, tuple) and len(perturbed) == 2
+    assert all(p != original for p, original in zip(perturbed, pair, strict=True))  # each text lost words
+    assert all(set(p.split()) < set(original.split()) for p, original in zip(perturbed, pair, strict=True))
+    assert perturb_input(token_dropout, pair[0], 0.5, random.Random(3)) == token_dropout(pair[0], 0.5, random.Random(3))
+
+
 # ---------------------------------------------------------------------- settings
 def test_bad_settings_name_the_setting(key_model, text_ctx):
     model, tokenizer = key_model

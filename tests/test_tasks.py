@@ -926,3 +926,69 @@ def test_task_performance_pages_render_their_own_tables_and_figures():
              "errors": {"missed": 1}, "examples": {"missed": [{"index": 1, "true_span": "Mary Smith (PER)"}]}}
     html = performance.render(token)
     assert "Mary Smith (PER)" in html and "missed" in html and "entity type" in html
+
+
+# ====================================================================== 8. the report's attributions per task
+def test_entities_to_explain_by_kind_from_hand_made_tags():
+    from sft.report.attribution import entity_candidates, select_entities
+
+    names = ["O", "B-PER", "I-PER", "B-LOC"]
+    # Sentence 0: [CLS] John Smith went Paris [SEP] (word starts at 1..4); sentence 1: [CLS] Rome [SEP] pad pad pad.
+    labels = torch.tensor([[-100, 1, 2, 0, 3, -100], [-100, 3, -100, -100, -100, -100]])
+    logits = torch.zeros(2, 6, 4)
+    logits[0, 1, 1], logits[0, 2, 2], logits[0, 3, 0] = 5.0, 5.0, 5.0  # John Smith = PER (right, confident)
+    logits[0, 4, 1] = 1.0  # Paris predicted PER (wrong type, unsure)
+    logits[1, 1, 3] = 3.0  # Rome = LOC (right)
+    candidates = entity_candidates(logits, labels, names)
+    spans = {(c["index"], c["span"]): (c["correct"], c["label"], c["position"], c["target"]) for c in candidates}
+    assert spans == {(0, ("PER", 0, 2)): (True, "PER", 1, 1), (0, ("PER", 3, 4)): (False, "LOC", 4, 1),
+                     (1, ("LOC", 0, 1)): (True, "LOC", 1, 3)}
+    confidence = {c["span"]: c["confidence"] for c in candidates}
+    assert confidence[("PER", 0, 2)] == pytest.approx(math.exp(5) / (math.exp(5) + 3))
+    chosen = select_entities(candidates, 1)
+    assert [(c["kind"], c["index"], c["span"]) for c in chosen] == [
+        ("confident_correct", 0, ("PER", 0, 2)), ("confident_wrong", 0, ("PER", 3, 4)),
+        ("least_confident", 1, ("LOC", 0, 1))]
+
+
+def test_token_report_explains_chosen_entities_at_their_first_word(conll_run, tmp_path):
+    """sft.explain on the trained tagger: each explained entity's outlined token is its first word, and the
+    integrated gradients scores add up to that token's tag probability minus the baseline's (the tag explained is
+    the predicted one, at that position)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from sft.explain import main
+    from sft.models.classifier import TextClassifier
+    from sft.report.attribution import pad_id, special_token_mask
+
+    run = tmp_path / "run"
+    shutil.copytree(conll_run.dir, run)
+    assert main([str(run), "report=default", "report.sections=[performance,attributions]",
+                 "report.attributions.examples=2", "report.attributions.n_steps=64"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert "attributions" not in report["skipped"]
+    section = report["sections"]["attributions"]
+    assert section["unit"] == "entity" and section["examples"]
+    model = TextClassifier.from_checkpoint(str(conll_run.best_checkpoint()))
+    tokenizer = AutoTokenizer.from_pretrained(conll_run.export)
+    names = model.task.label_names
+    for example in section["examples"]:
+        tokens, position = example["tokens"], example["position"]
+        assert tokens[position] == example["entity"].split()[0].lower()  # the entity's first word (uncased vocab)
+        assert example["pred"] in {"PER", "LOC"} and len(example["scores"]) == len(tokens)
+        ids = torch.tensor([tokenizer.convert_tokens_to_ids(tokens)])
+        mask = torch.ones_like(ids)
+        baseline = torch.where(special_token_mask(tokenizer, ids, mask), ids, torch.full_like(ids, pad_id(tokenizer)))
+        with torch.no_grad():
+            probs = model(ids, mask)[0, position].softmax(-1)
+            p_baseline = model(baseline, mask)[0, position].softmax(-1)
+        target = int(probs.argmax())
+        assert names[target].endswith(example["pred"]) and float(probs[target]) == pytest.approx(example["confidence"],
+                                                                                                   abs=1e-4)
+        explained = sum(example["scores"]) - example["delta"]  # = p(x) - p(baseline) of what was explained
+        assert explained == pytest.approx(float(probs[target] - p_baseline[target]), abs=1e-4)
+        assert abs(example["delta"]) < 0.05
+    html = (run / "report.html").read_text()
+    assert "(the tag explained)" in html and "entity <b>" in html

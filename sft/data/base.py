@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import torch
 
 from sft.data.batching import TrainBatchSampler, distributed_rank, training_position
 from sft.tasks import Task, make_task
@@ -61,6 +62,13 @@ class ClassificationDataModule(L.LightningDataModule):
         epoch 0: the same few batches every epoch, which is the point of it."""
         epoch, done = training_position(self.trainer)
         return (0 if self.trainer.overfit_batches else epoch), done
+
+    def train_targets(self) -> Any:
+        """Every training example's target as one tensor (after ``setup``), from which the model sets its head's
+        initial bias; None where the data module cannot say."""
+        dataset = getattr(self, "datasets", {}).get("train")
+        labels = getattr(dataset, "labels", None)
+        return labels if isinstance(labels, torch.Tensor) else None
 
     def eval_dataloader(self, split: str) -> Any:
         """The split in its own order (no shuffling), batched for evaluation."""

@@ -116,6 +116,10 @@ class ImageDataModule(ClassificationDataModule):
         return self._loader(self.datasets[split], batch_sampler=eval_batches(len(self.datasets[split]),
                                                                              self.eval_batch_size))
 
+    def train_targets(self) -> torch.Tensor | None:
+        dataset = self.datasets.get("train")
+        return None if dataset is None else torch.tensor([label for _, label in dataset.rows], dtype=torch.long)
+
     def input_fingerprint(self) -> str:
         """What the model sees at evaluation: the data and the eval preprocessing (no augmentation)."""
         import hashlib

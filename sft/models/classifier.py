@@ -20,6 +20,9 @@ from sft.tasks import Task, make_task, task_from_dict
 
 log = logging.getLogger(__name__)
 
+HEAD_BIAS = {"prior": "the output bias starts at the training targets' distribution (class frequencies, mean score)",
+             "library": "as the model library initialises it (transformers: zero)"}
+
 
 class _FeaturesCaptured(Exception):
     """Stops a forward pass once the head's input is known."""
@@ -43,8 +46,14 @@ class Classifier(L.LightningModule):
         freeze: str | Mapping[str, Any] | FreezeSpec,
         monitor: str,
         task: Task | Mapping[str, Any] | None = None,
+        head_bias: str = "prior",
     ):
         super().__init__()
+        if head_bias not in HEAD_BIAS:
+            raise ConfigError(f"model.head_bias={head_bias!r}: use {' or '.join(map(repr, HEAD_BIAS))} ("
+                              f"{'; '.join(f'{k}: {v}' for k, v in HEAD_BIAS.items())}).")
+        self.head_bias = head_bias
+        self._head_bias_done = head_bias != "prior"
         self.freeze_spec = FreezeSpec.parse(freeze)
         if optimizer is not None:
             check_optimizer(optimizer)  # fail at build time, not after data preparation and a sanity check
@@ -117,6 +126,38 @@ class Classifier(L.LightningModule):
 
     def export(self, out_dir: Any, datamodule: Any) -> Any:
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ the head's starting point
+    @property
+    def output_layer(self) -> torch.nn.Linear | None:
+        """The layer that produces the logits: the last ``Linear`` with one output per logit (every head of
+        transformers, torchvision and timm ends in one)."""
+        linears = [m for m in self.model.modules()
+                   if isinstance(m, torch.nn.Linear) and m.out_features == self.task.num_outputs]
+        return linears[-1] if linears else None
+
+    def init_head_bias(self, targets: torch.Tensor) -> None:
+        """Set the output bias to the task's prior of ``targets`` (the training split's): see ``Task.head_bias``."""
+        layer = self.output_layer
+        if layer is None or layer.bias is None:
+            log.info("model.head_bias=prior: %s has no output bias to set; kept as initialised.",
+                     type(self.model).__name__)
+            return
+        with torch.no_grad():
+            layer.bias.copy_(self.task.head_bias(targets.cpu()).to(layer.bias))
+        log.info("Head bias set from the %d training targets (model.head_bias=prior): %s", len(targets),
+                 ", ".join(f"{v:.3g}" for v in layer.bias.tolist()[:8]) + (" ..." if layer.out_features > 8 else ""))
+
+    def setup(self, stage: str) -> None:
+        # Before a checkpoint is restored (Lightning restores after setup), so a resumed run keeps its trained head;
+        # once per model, so a second fit continues from the trained bias.
+        if stage != "fit" or self._head_bias_done:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        targets = datamodule.train_targets() if hasattr(datamodule, "train_targets") else None
+        if targets is not None and len(targets):
+            self.init_head_bias(targets)
+        self._head_bias_done = True
 
     # ------------------------------------------------------------------ freezing
     def _build_groups(self) -> None:
@@ -323,8 +364,11 @@ class TextClassifier(Classifier):
         monitor: str = "val/acc",
         hf_config: dict | None = None,
         task: Task | Mapping[str, Any] | None = None,
+        head_bias: str = "prior",
     ):
-        super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task)
+        # A model rebuilt from a checkpoint (hf_config) has its trained head: never re-initialised.
+        super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task,
+                         head_bias if hf_config is None else "library")
         self.name_or_path = resolve_name_or_path(name_or_path) if hf_config is None else name_or_path
         self.save_hyperparameters(
             {"name_or_path": self.name_or_path, "num_labels": self.task.num_outputs, "id2label": self.id2label,

@@ -117,8 +117,9 @@ class ImageClassifier(Classifier):
         freeze: str | Mapping[str, Any] = "none",
         monitor: str = "val/acc",
         task: Any = None,
+        head_bias: str = "prior",
     ):
-        super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task)
+        super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task, head_bias)
         if self.task.kind != "single_label":
             raise ConfigError(f"Image models classify one label per image; a {self.task.kind} task is not supported "
                               "for images (see the README's task types).")
@@ -165,7 +166,7 @@ class ImageClassifier(Classifier):
         info = json.loads((folder / "model.json").read_text())
         names = info["label_names"]
         model = cls(info.get("sft_arch", info["arch"]), weights=None, num_labels=len(names),
-                    id2label=dict(enumerate(names)))
+                    id2label=dict(enumerate(names)), head_bias="library")
         model.model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
         return model.eval(), info["preprocess"]
 
@@ -175,7 +176,7 @@ class ImageClassifier(Classifier):
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         hp = checkpoint["hyper_parameters"]
         model = cls(hp["arch"], weights=None, num_labels=hp["num_labels"], id2label=hp["id2label"],
-                    freeze=hp.get("freeze", "none"), monitor=hp.get("monitor", "val/acc"))
+                    freeze=hp.get("freeze", "none"), monitor=hp.get("monitor", "val/acc"), head_bias="library")
         model.load_state_dict(checkpoint["state_dict"])
         preprocess = checkpoint.get("preprocess") or preprocess_for(hp["arch"], hp.get("weights"))
         return model.eval(), preprocess

@@ -1,7 +1,9 @@
 """Attributions: which tokens / pixels pushed selected test predictions toward their predicted class.
 
 Examples are the most confident correct, most confident wrong and least confident test predictions
-(:func:`select_examples`). Every method explains the probability of the predicted class:
+(:func:`select_examples`); for a tagger, predicted entities, each explained by the predicted tag of its first word
+(:func:`select_entities`). Sentence pairs are explained over both segments, with their segment ids. Every method
+explains the probability of the predicted class:
 
 text (``report.attributions.method``):
     integrated_gradients  captum LayerIntegratedGradients on the embedding layer; baseline = the input with
@@ -108,6 +110,46 @@ def select_examples(probs: torch.Tensor, labels: torch.Tensor, per_kind: int) ->
     return chosen
 
 
+def entity_candidates(logits: torch.Tensor, labels: torch.Tensor, label_names: list[str]) -> list[dict[str, Any]]:
+    """Every entity a tagger predicts: its sentence (``index``), ``span``, whether it is ``correct`` (exactly a true
+    entity), the true type of its words (``label``; "none"), and what explaining it means: the probability
+    (``confidence``) of the predicted tag ``target`` at the first sub-token (``position``) of its first word.
+    ``logits`` (N, L, C), ``labels`` (N, L) with -100 where no word starts."""
+    from sft.tasks.token import IGNORE, entity_spans
+
+    probs = logits.float().softmax(-1)
+    candidates = []
+    for i in range(len(labels)):
+        positions = torch.nonzero(labels[i] != IGNORE).reshape(-1)
+        predicted = probs[i, positions].argmax(-1)
+        pred_tags = [label_names[int(k)] for k in predicted]
+        true_spans = entity_spans([label_names[int(k)] for k in labels[i, positions]])
+        true_type = {(start, end): kind for kind, start, end in true_spans}
+        for span in entity_spans(pred_tags):
+            kind, start, end = span
+            position, target = int(positions[start]), int(predicted[start])
+            candidates.append({"index": i, "span": span, "position": position, "target": target,
+                               "confidence": float(probs[i, position, target]), "correct": span in true_spans,
+                               "label": true_type.get((start, end), "none"), "pred": kind})
+    return candidates
+
+
+def select_entities(candidates: list[dict[str, Any]], per_kind: int) -> list[dict[str, Any]]:
+    """Up to ``per_kind`` of :func:`entity_candidates` for each of :data:`KINDS`: the most confident correct, the
+    most confident wrong, the least confident of the rest (no entity twice)."""
+    most_first = sorted(candidates, key=lambda c: (-c["confidence"], c["index"], c["span"][1]))
+    least_first = sorted(candidates, key=lambda c: (c["confidence"], c["index"], c["span"][1]))
+    chosen: list[dict[str, Any]] = []
+    used: set[tuple[int, int]] = set()
+    for kind, pool in (("confident_correct", [c for c in most_first if c["correct"]]),
+                       ("confident_wrong", [c for c in most_first if not c["correct"]]),
+                       ("least_confident", least_first)):
+        for candidate in [c for c in pool if (c["index"], c["span"][1]) not in used][:per_kind]:
+            chosen.append({"kind": kind, **candidate})
+            used.add((candidate["index"], candidate["span"][1]))
+    return chosen
+
+
 # ---------------------------------------------------------------------- shared
 @contextmanager
 def attribution_mode(model: nn.Module) -> Iterator[None]:
@@ -154,10 +196,36 @@ def special_token_mask(tokenizer: Any, input_ids: torch.Tensor, attention_mask: 
     return special | (attention_mask == 0)
 
 
-def text_probability_forward(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """(input_ids, attention_mask) -> class probabilities (B, C)."""
-    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return model.logits({"input_ids": input_ids, "attention_mask": attention_mask}).float().softmax(-1)
+def segment_separator(model: nn.Module, tokenizer: Any) -> int | None:
+    """The [SEP] id whose first occurrence ends segment 0, for a sentence-pair model that takes segment ids (BERT,
+    MiniLM); None otherwise (one text, or RoBERTa / DistilBERT, which have no segment ids)."""
+    pair = bool(getattr(getattr(model, "task", None), "pair", False))
+    takes = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+    return tokenizer.sep_token_id if pair and takes and tokenizer.sep_token_id is not None else None
+
+
+def segment_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, separator: int) -> torch.Tensor:
+    """The token_type_ids of ``[CLS] a [SEP] b [SEP]`` rows: 0 up to and including the first [SEP], 1 after it,
+    0 on padding (as the tokenizer writes them). The perturbations here never move or remove a [SEP], so this
+    is exact for perturbed inputs too."""
+    is_sep = (input_ids == separator).long()
+    return ((is_sep.cumsum(1) - is_sep) > 0).long() * attention_mask.long()
+
+
+def text_probability_forward(model: nn.Module, separator: int | None = None) -> Callable[..., torch.Tensor]:
+    """(input_ids, attention_mask[, positions]) -> class probabilities (B, C). With ``separator``
+    (:func:`segment_separator`), sentence pairs get their segment ids, so the model sees each pair as it was trained
+    on it. ``positions`` (B,) or (1,): a tagger's token per row whose tag probabilities are explained."""
+    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if separator is not None:
+            batch["token_type_ids"] = segment_ids(input_ids, attention_mask, separator)
+        logits = model.logits(batch).float()
+        if positions is not None:
+            rows = torch.arange(len(logits), device=logits.device)
+            logits = logits[rows, positions.expand(len(logits)) if len(positions) == 1 else positions]
+        return logits.softmax(-1)
 
     return forward
 
@@ -193,11 +261,12 @@ def _lime_similarity(n_features: int) -> Callable[..., float]:
 
 
 def text_attribution_batch(model: nn.Module, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                           targets: torch.Tensor, method: str, settings: dict[str, Any]
-                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                           targets: torch.Tensor, method: str, settings: dict[str, Any],
+                           positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token scores (B, L) toward ``targets`` (special tokens and padding: 0) and the integrated
     gradients convergence deltas (B,) (None for other methods). Integrated gradients runs the batch at
-    once; the perturbation methods run one example at a time (captum fits one surrogate per example)."""
+    once; the perturbation methods run one example at a time (captum fits one surrogate per example).
+    ``positions`` (B,): for a tagger, the token of each row whose tag ``targets`` names."""
     check_method(method, "text")
     settings = attribution_settings(settings)
     device = _device(model)
@@ -205,7 +274,8 @@ def text_attribution_batch(model: nn.Module, tokenizer: Any, input_ids: torch.Te
     targets = torch.as_tensor(targets, device=device).reshape(-1)
     special = special_token_mask(tokenizer, input_ids, attention_mask)
     pad = pad_id(tokenizer)
-    forward = text_probability_forward(model)
+    forward = text_probability_forward(model, segment_separator(model, tokenizer))
+    extra = (attention_mask,) if positions is None else (attention_mask, positions.to(device))
     with attribution_mode(model):
         if method == "integrated_gradients":
             from captum.attr import LayerIntegratedGradients
@@ -214,25 +284,31 @@ def text_attribution_batch(model: nn.Module, tokenizer: Any, input_ids: torch.Te
             layer = embedding_layer(model)
             lig = LayerIntegratedGradients(forward, layer)
             attributions = lig.attribute(
-                input_ids, baselines=baseline, target=targets, additional_forward_args=(attention_mask,),
+                input_ids, baselines=baseline, target=targets, additional_forward_args=extra,
                 n_steps=settings["n_steps"], internal_batch_size=settings["internal_batch_size"] * len(input_ids))
             scores = attributions.sum(-1).detach().float()
             # The completeness gap against the path's real end point: the input with the baseline's word
             # embeddings (captum's own delta runs the baseline ids, whose RoBERTa positions differ).
             with torch.no_grad():
-                p_input = forward(input_ids, attention_mask).gather(1, targets[:, None])[:, 0]
+                p_input = forward(input_ids, *extra).gather(1, targets[:, None])[:, 0]
                 baseline_embeddings = layer(baseline)
                 handle = layer.register_forward_hook(lambda module, args, out: baseline_embeddings)
                 try:
-                    p_baseline = forward(input_ids, attention_mask).gather(1, targets[:, None])[:, 0]
+                    p_baseline = forward(input_ids, *extra).gather(1, targets[:, None])[:, 0]
                 finally:
                     handle.remove()
             delta = scores.sum(-1) - (p_input - p_baseline).float()
             return scores.masked_fill(special, 0.0).cpu(), delta.reshape(-1).cpu()
         removed = removal_id(model, tokenizer)
-        rows = [_perturbation_scores(forward, input_ids[i : i + 1], attention_mask[i : i + 1], special[i : i + 1],
+        rows = [_perturbation_scores(forward if positions is None else _at(forward, positions[i : i + 1].to(device)),
+                                     input_ids[i : i + 1], attention_mask[i : i + 1], special[i : i + 1],
                                      int(targets[i]), removed, method, settings) for i in range(len(input_ids))]
         return torch.cat(rows).masked_fill(special.cpu(), 0.0), None
+
+
+def _at(forward: Callable[..., torch.Tensor], position: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """``forward`` explaining the tag at one token, for every perturbed copy of its row."""
+    return lambda input_ids, attention_mask: forward(input_ids, attention_mask, position)
 
 
 def _perturbation_scores(forward: Callable[..., torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -288,9 +364,11 @@ def text_attributions(model: nn.Module, tokenizer: Any, input_ids: torch.Tensor,
 
 
 def text_scores_for(model: nn.Module, tokenizer: Any, sequences: list[torch.Tensor], targets: list[int], method: str,
-                    settings: dict[str, Any]) -> tuple[list[torch.Tensor], list[float | None]]:
+                    settings: dict[str, Any], positions: list[int] | None = None
+                    ) -> tuple[list[torch.Tensor], list[float | None]]:
     """Scores (one per token) and deltas of many unpadded id sequences. Integrated gradients explains
-    :data:`IG_GROUP` texts of similar length per call (its fixed cost per call is several forward passes)."""
+    :data:`IG_GROUP` texts of similar length per call (its fixed cost per call is several forward passes).
+    ``positions``: for a tagger, the token of each sequence whose tag is explained."""
     scores: list[torch.Tensor] = [torch.empty(0)] * len(sequences)
     deltas: list[float | None] = [None] * len(sequences)
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
@@ -298,8 +376,10 @@ def text_scores_for(model: nn.Module, tokenizer: Any, sequences: list[torch.Tens
     for start in range(0, len(order), group):
         rows = order[start : start + group]
         ids, mask = pad_batch([sequences[i] for i in rows], pad_id(tokenizer))
+        where = None if positions is None else torch.tensor([positions[i] for i in rows])
         batch_scores, batch_deltas = text_attribution_batch(model, tokenizer, ids, mask,
-                                                            torch.tensor([targets[i] for i in rows]), method, settings)
+                                                            torch.tensor([targets[i] for i in rows]), method, settings,
+                                                            where)
         for k, i in enumerate(rows):
             scores[i] = batch_scores[k, : len(sequences[i])]
             deltas[i] = None if batch_deltas is None else float(batch_deltas[k])
@@ -445,11 +525,41 @@ def _explain_examples(ctx: Any, examples: list[dict[str, Any]], method: str, set
             shared["scores"][index] = (pred, maps[0])
 
 
+def entity_section(ctx: Any, settings: dict[str, Any], method: str) -> dict[str, Any]:
+    """A tagger's attributions: for chosen predicted entities (:func:`select_entities`), which tokens of the sentence
+    drove the predicted tag of the entity's first word."""
+    start = time.perf_counter()
+    candidates = entity_candidates(ctx.test.logits, ctx.test.labels, ctx.label_names)
+    chosen = select_entities(candidates, settings["examples"])
+    notes = _selection_notes([(c["kind"], c["index"]) for c in chosen], settings["examples"],
+                             sum(not c["correct"] for c in candidates))
+    if not candidates:
+        notes.append("The model predicts no entity on this split: there is nothing to explain.")
+    dataset, words = ctx.datamodule.datasets[ctx.split], ctx.texts()
+    sequences = [dataset[c["index"]]["input_ids"] for c in chosen]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        scores, deltas = text_scores_for(ctx.model, ctx.tokenizer, sequences, [c["target"] for c in chosen], method,
+                                         settings, positions=[c["position"] for c in chosen])
+    examples = []
+    for c, ids, row_scores, delta in zip(chosen, sequences, scores, deltas, strict=True):
+        _, first, last = c["span"]
+        examples.append({"kind": c["kind"], "index": c["index"], "entity": " ".join(list(words[c["index"]])[first:last]),
+                         "label": c["label"], "pred": c["pred"], "confidence": c["confidence"],
+                         "position": c["position"], "tokens": list(ctx.tokenizer.convert_ids_to_tokens(ids.tolist())),
+                         "scores": [float(v) for v in row_scores], "delta": delta})
+    ctx.extras["attributions"] = {"settings": settings, "modality": "text", "method": method, "scores": {}}
+    return {"method": method, "modality": "text", "unit": "entity", "notes": notes,
+            "seconds": round(time.perf_counter() - start, 3), "examples": examples}
+
+
 def section(ctx: Any, settings: dict[str, Any]) -> dict[str, Any]:
     """Attributions for the selected test examples (see the module docstring)."""
     start = time.perf_counter()
     settings = attribution_settings(settings)
     modality = ctx.modality
+    if modality == "text" and ctx.task.kind == "token":
+        return entity_section(ctx, settings, check_method(settings["method"], "text"))
     if modality == "text":
         method = check_method(settings["method"], "text")
     else:
@@ -489,6 +599,10 @@ HOW_IMAGE = """Where the model looked. The heatmap over each image shows how muc
     pushed the model toward its prediction (bright = strongly); the plain image is beside it. A model
     that is right for the right reasons lights up the object, not the background, borders or
     watermarks."""  # HOW is for text runs
+HOW_ENTITY = """Which words drove the tagger's decision on chosen entities. For each predicted entity, the
+    predicted tag of its first word (outlined) is explained: each token's colour shows its signed contribution
+    to that tag's probability, red toward it, blue against it, relative to the strongest token of the sentence.
+    A wrong entity is one whose words and type are not exactly a true entity."""
 KIND_TITLES = {
     "confident_correct": "Most confident correct",
     "confident_wrong": "Most confident wrong",
@@ -510,6 +624,8 @@ def render(data: dict[str, Any]) -> str:
             f"{num(data.get('seconds'), 2)} s</p>")
     if modality == "image":
         help_text = how(HOW_IMAGE)
+    elif data.get("unit") == "entity":
+        help_text = how(HOW_ENTITY)
     else:
         legend = (f'<span class="legend"><span style="background:{_rgba(POSITIVE_RGB, 0.6)}">toward the '
                   f'prediction</span><span style="background:{_rgba(NEGATIVE_RGB, 0.6)}">against it</span>'
@@ -522,8 +638,11 @@ def render(data: dict[str, Any]) -> str:
 def _example_card(example: dict[str, Any], modality: Any) -> str:
     label, pred, kind = example.get("label"), example.get("pred"), example.get("kind")
     verdict = '<span class="right">correct</span>' if label == pred else '<span class="wrong">wrong</span>'
+    # A tagger's example is an entity of a sentence: "label" is the true type of its words ("none": not an entity).
+    what = "" if example.get("entity") is None else f" · entity <b>{esc(example.get('entity'))}</b>"
     head = (f'<div class="head"><b>{esc(KIND_TITLES.get(kind, kind))}</b> · '
-            f"example #{num(example.get('index'))} · label <b>{esc(label)}</b> · "
+            f"{'sentence' if what else 'example'} #{num(example.get('index'))}{what} · "
+            f"{'true type' if what else 'label'} <b>{esc(label)}</b> · "
             f"predicted <b>{esc(pred)}</b> ({verdict}) · confidence {num(example.get('confidence'))}</div>")
     body = _image_example(example) if modality == "image" else _text_example(example)
     return f'<div class="card">{head}{body}</div>'
@@ -558,6 +677,9 @@ def _text_example(example: dict[str, Any]) -> str:
             style = f' style="background:{_rgba(rgb, 0.85 * abs(score) / scale)}"'
         value = f"{score:+.4f}" if is_num(score) else "no score"
         css = "tok special" if _is_special(token) else "tok"
+        if i == example.get("position"):  # the token whose tag is explained
+            style = (style[:-1] if style else ' style="') + ';outline:2px solid #111"'
+            value += " (the tag explained)"
         span = f'<span class="{css}"{style} title="{esc(token)}: {value}">{esc(text)}</span>'
         pieces.append((" " if space and i > 0 else "") + span)
     delta = example.get("delta")

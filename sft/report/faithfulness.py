@@ -38,6 +38,7 @@ from sft.report.attribution import (
     pad_batch,
     pad_id,
     patch_size,
+    segment_separator,
     special_token_mask,
     text_probability_forward,
     text_scores_for,
@@ -171,10 +172,11 @@ def verdict(method: str, unit: str, result: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- text
-def class_probabilities(model: Any, sequences: list[torch.Tensor], pad: int) -> torch.Tensor:
+def class_probabilities(model: Any, sequences: list[torch.Tensor], pad: int, separator: int | None = None
+                        ) -> torch.Tensor:
     """Class probabilities (N, C) of token id sequences of different lengths, batched by length (little
-    padding)."""
-    forward = text_probability_forward(model)
+    padding); ``separator``: a sentence pair's [SEP] id, for its segment ids (:func:`segment_separator`)."""
+    forward = text_probability_forward(model, separator)
     loader = DataLoader(sequences, batch_sampler=length_batches([len(seq) for seq in sequences], TEXT_BATCH),
                         collate_fn=lambda chunk: dict(zip(("input_ids", "attention_mask"), pad_batch(chunk, pad), strict=True)))
     device = next(model.parameters()).device
@@ -204,8 +206,8 @@ def text_faithfulness(ctx: Any, indices: list[int], method: str, attr_settings: 
     model, tokenizer = ctx.model, ctx.tokenizer
     texts = ctx.texts()
     encoded = [ctx.encode([texts[i]])["input_ids"][0].cpu() for i in indices]
-    pad = pad_id(tokenizer)
-    full = class_probabilities(model, encoded, pad)
+    pad, separator = pad_id(tokenizer), segment_separator(model, tokenizer)
+    full = class_probabilities(model, encoded, pad, separator)
     targets = [int(p.argmax()) for p in full]
     content = [torch.nonzero(~special_token_mask(tokenizer, ids[None], torch.ones_like(ids[None]))[0]).reshape(-1)
                for ids in encoded]
@@ -222,7 +224,7 @@ def text_faithfulness(ctx: Any, indices: list[int], method: str, attr_settings: 
             drop[content[row][~present]] = True
             sequences.append(encoded[row][~drop])  # ERASER: removed tokens leave the sequence
             request_targets.append(targets[row])
-        probs = class_probabilities(model, sequences, pad)
+        probs = class_probabilities(model, sequences, pad, separator)
         return probs[torch.arange(len(requests)), torch.tensor(request_targets)]
 
     return _finish(method, "token", unit_scores, settings, ctx.seed, probability_of,

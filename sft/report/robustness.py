@@ -1,6 +1,7 @@
 """Robustness: how accuracy and predictions change under small, label-preserving perturbations.
 
-Text: words dropped (``token_dropout``) and keyboard typos (``typos``) on the raw strings. Images:
+Text: words dropped (``token_dropout``) and keyboard typos (``typos``) on the raw strings (both texts of a sentence
+pair). Images:
 gaussian noise (std in [0, 1] pixel units) and gaussian blur (sigma in pixels) on the eval tensors.
 For each perturbation the section reports accuracy under it and the flip rate: the fraction of test
 predictions that change from the clean ones. Repeat ``r`` of a random perturbation draws from
@@ -140,13 +141,22 @@ DESCRIPTIONS = {
 }
 
 
-def _text_predictions(ctx: Any, texts: list[str]) -> torch.Tensor:
+def _text_predictions(ctx: Any, texts: list[Any]) -> torch.Tensor:
     # Length-sorted chunks: little padding per forward pass; predictions go back to split order.
     preds = torch.empty(len(texts), dtype=torch.long)
-    for chunk in length_batches([len(text) for text in texts], TEXT_CHUNK):
+    lengths = [sum(map(len, text)) if isinstance(text, tuple | list) else len(text) for text in texts]
+    for chunk in length_batches(lengths, TEXT_CHUNK):
         logits = ctx.logits_of(ctx.encode([texts[i] for i in chunk]), batch_size=TEXT_CHUNK)
         preds[chunk] = logits.argmax(-1)
     return preds
+
+
+def perturb_input(perturb: Callable[[str, float, random.Random], str], text: Any, strength: float,
+                  rng: random.Random) -> Any:
+    """A text perturbed; a sentence pair with each of its two texts perturbed (first, then second)."""
+    if isinstance(text, tuple | list):
+        return tuple(perturb(part, strength, rng) for part in text)
+    return perturb(text, strength, rng)
 
 
 def perturbed_predictions(ctx: Any, name: str, strength: float, seed: int) -> torch.Tensor:
@@ -154,7 +164,7 @@ def perturbed_predictions(ctx: Any, name: str, strength: float, seed: int) -> to
     if name in TEXT_PERTURBATIONS:
         perturb = TEXT_PERTURBATIONS[name][1]
         rng = random.Random(seed)
-        return _text_predictions(ctx, [perturb(text, strength, rng) for text in ctx.texts()])
+        return _text_predictions(ctx, [perturb_input(perturb, text, strength, rng) for text in ctx.texts()])
     if name not in IMAGE_PERTURBATIONS:
         raise ValueError(f"unknown perturbation {name!r}: choose from {[*TEXT_PERTURBATIONS, *IMAGE_PERTURBATIONS]}")
     generator = torch.Generator().manual_seed(seed)

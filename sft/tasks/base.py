@@ -51,6 +51,13 @@ class Task:
         """How many examples a batch's mean loss is over (its weight in the epoch's mean loss)."""
         return len(targets)
 
+    def head_bias(self, targets: torch.Tensor) -> torch.Tensor:
+        """The output layer's bias at which an untrained model predicts the training targets' distribution: the
+        log class frequencies (add-one smoothed; -100 = unlabelled is skipped). Starting there, the first steps
+        learn from the inputs instead of spending the warmup on the base rates."""
+        counts = torch.bincount(targets[targets >= 0].long().reshape(-1), minlength=self.num_outputs).double() + 1
+        return (counts / counts.sum()).log().float()
+
     # ------------------------------------------------------------------ metrics
     def metrics(self, stage: str) -> Metric:
         """A torchmetrics metric (synced across DDP ranks) whose ``compute()`` is ``{"<stage>/<name>": value}``."""

@@ -53,6 +53,11 @@ class MultiLabel(Task):
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float())
 
+    def head_bias(self, targets: torch.Tensor) -> torch.Tensor:
+        """The log-odds of each label's training frequency (add-one smoothed): rare labels start rare."""
+        frequency = (targets.double().sum(0) + 1) / (len(targets) + 2)
+        return torch.logit(frequency).float()
+
     def metrics(self, stage: str) -> Metric:
         return MultiLabelScores(self.num_outputs, stage, self.initial_thresholds(),
                                 tune=self.threshold if self.tuned and stage == "val" else None)

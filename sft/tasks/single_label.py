@@ -53,9 +53,6 @@ class SingleLabel(Task):
                                 (("precision", BinaryPrecision), ("recall", BinaryRecall), ("f1", BinaryF1Score))})
         return MetricCollection(metrics, prefix=f"{stage}/")
 
-    def not_applicable(self, section: str) -> str | None:
-        return PAIR_REASONS.get(section) if self.pair else None
-
     def prediction_rows(self, logits: torch.Tensor, temperature: float = 1.0,
                         thresholds: torch.Tensor | None = None) -> list[dict[str, Any]]:
         probs = (logits.float() / temperature).softmax(-1)
@@ -76,11 +73,3 @@ def _of_class(binary: type[Metric], index: int) -> Metric:
             super().update((logits.argmax(-1) == index).long(), (targets == index).long())
 
     return OfClass()
-
-
-PAIR_REASONS = {  # what the text sections would need for two segments, and do not have yet
-    "attributions": "attributions over a sentence pair (both segments, with their segment ids) are not implemented "
-                    "yet; they are for one-text models.",
-    "faithfulness": "the deletion test removes words of one text; for a sentence pair it is not implemented yet.",
-    "robustness": "the perturbations edit one text; for a sentence pair they are not implemented yet.",
-}

@@ -46,8 +46,6 @@ class TokenTagging(Task):
 
     def not_applicable(self, section: str) -> str | None:
         reasons = {
-            "attributions": "token attributions for chosen entities are not implemented yet; the attributions "
-                            "explain one predicted class per input.",
             "calibration": "calibration here is of one class per input; a tagger predicts one tag per word "
                            "(entity-level scores are in the performance section).",
             "faithfulness": "the deletion test removes words to lower one predicted class per input; a tagger has "

@@ -89,3 +89,18 @@ def test_unknown_head_bias_names_the_setting_and_the_choices(tiny_bert):
         TextClassifier(tiny_bert, head_bias="zeros")
     message = str(error.value)
     assert "model.head_bias='zeros'" in message and "'prior'" in message and "'library'" in message
+
+
+def test_head_bias_from_the_command_line_reaches_the_model(compose_cfg, tiny_bert, tmp_path):
+    from sft.pipeline import build
+
+    def model_of(*overrides: str):
+        cfg = compose_cfg(f"model.name_or_path={tiny_bert}", f"output_dir={tmp_path / 'run'}", *overrides)
+        dm = build.build_datamodule(cfg.data, **build.data_inputs(cfg.model), seed=cfg.seed)
+        dm.prepare_data()
+        return build.build_model(cfg, dm)
+
+    assert model_of().head_bias == "prior"  # the default
+    assert model_of("+model.head_bias=library").head_bias == "library"
+    with pytest.raises(ConfigError, match=r"model\.head_bias='zero'"):
+        model_of("+model.head_bias=zero")

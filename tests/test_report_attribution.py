@@ -16,13 +16,10 @@ from torch import nn
 
 from sft.errors import ConfigError
 from sft.inference import split_outputs
-from sft.report import attribution, faithfulness
-from sft.report.attribution import (
-    image_attribution_maps,
-    image_attributions,
-    select_examples,
-    text_attributions,
-)
+from sft.report import attribution, attribution_base, attribution_image, faithfulness
+from sft.report.attribution import select_examples
+from sft.report.attribution_image import image_attribution_maps, image_attributions
+from sft.report.attribution_text import text_attributions
 from sft.report.context import ReportContext
 from sft.report.faithfulness import image_faithfulness
 
@@ -358,7 +355,7 @@ def test_image_heatmap_peaks_in_the_decisive_quadrant(method):
 def test_image_faithfulness_deleting_the_quadrant_flips():
     model = RedTopLeft().eval()
     settings = faithfulness.faithfulness_settings({})
-    result = image_faithfulness(model, red_top_left_images(3), "grad_cam", attribution.attribution_settings({}),
+    result = image_faithfulness(model, red_top_left_images(3), "grad_cam", attribution_base.attribution_settings({}),
                                 settings, seed=0, layer=model.conv)
     assert result["unit"] == "patch" and result["n"] == 3 and result["patch_size"] == 2  # 16 x 16 grid
     assert result["beats_random"]
@@ -375,7 +372,7 @@ def test_grad_cam_layer_from_the_block_map_and_vit_fallback():
 
     torch.manual_seed(0)
     resnet = ImageClassifier("resnet18", weights=None, num_labels=2).eval()
-    assert attribution.grad_cam_layer(resnet) is resnet.model.layer4
+    assert attribution_image.grad_cam_layer(resnet) is resnet.model.layer4
     heatmap, delta = image_attributions(resnet, torch.randn(1, 3, 64, 64), 0, "grad_cam", {})
     assert heatmap.shape == (64, 64) and 0 <= heatmap.min() and heatmap.max() <= 1 and delta is None
     vit = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=1, hidden_dim=8,
@@ -383,9 +380,9 @@ def test_grad_cam_layer_from_the_block_map_and_vit_fallback():
     maps, deltas, used = image_attribution_maps(vit, torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), "grad_cam", {})
     assert used == "integrated_gradients" and maps.shape == (2, 32, 32) and deltas is not None
     red = RedTopLeft()  # no block map: the last Conv2d
-    assert attribution.grad_cam_layer(red) is red.conv
+    assert attribution_image.grad_cam_layer(red) is red.conv
     linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2)).eval()  # no conv at all: integrated gradients
-    assert attribution.grad_cam_layer(linear) is None
+    assert attribution_image.grad_cam_layer(linear) is None
     assert image_attribution_maps(linear, torch.randn(1, 3, 8, 8), torch.tensor([1]), "grad_cam", {})[2] == \
         "integrated_gradients"
 
@@ -448,7 +445,7 @@ def write_pair_csv(path: Path, rows: list[tuple[str, str, str]]) -> str:
 
 
 def test_pair_segment_ids_are_the_tokenizers_and_reach_the_model(pair_model, key_model):
-    from sft.report.attribution import segment_ids, segment_separator, text_probability_forward
+    from sft.report.attribution_text import segment_ids, segment_separator, text_probability_forward
 
     tokenizer = key_model[1]
     enc = tokenizer([a for a, _, _ in PAIR_TEST], [b for _, b, _ in PAIR_TEST], padding=True, return_tensors="pt")

@@ -961,7 +961,7 @@ def test_token_report_explains_chosen_entities_at_their_first_word(conll_run, tm
 
     from sft.explain import main
     from sft.models.classifier import TextClassifier
-    from sft.report.attribution import pad_id, special_token_mask
+    from sft.report.attribution_text import pad_id, special_token_mask
 
     run = tmp_path / "run"
     shutil.copytree(conll_run.dir, run)

@@ -145,12 +145,13 @@ class Classifier(L.LightningModule):
             return
         with torch.no_grad():
             layer.bias.copy_(self.task.head_bias(targets.cpu()).to(layer.bias))
-        log.info("Head bias set from the %d training targets (model.head_bias=prior): %s", len(targets),
+        log.info("Head bias initialised from the %d training targets (model.head_bias=prior; a resumed run's checkpoint "
+                 "replaces it): %s", len(targets),
                  ", ".join(f"{v:.3g}" for v in layer.bias.tolist()[:8]) + (" ..." if layer.out_features > 8 else ""))
 
     def setup(self, stage: str) -> None:
-        # Before a checkpoint is restored (Lightning restores after setup), so a resumed run keeps its trained head;
-        # once per model, so a second fit continues from the trained bias.
+        # Once per model, so a second fit continues from the trained bias. Lightning restores a checkpoint after
+        # setup, so a resumed run gets its trained head back.
         if stage != "fit" or self._head_bias_done:
             return
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -30,14 +30,11 @@ from torch.utils.data import DataLoader
 from sft.data.batching import length_batches
 from sft.errors import ConfigError, DataError
 from sft.inference import chunks, outputs
-from sft.report.attribution import (
-    attribution_settings,
-    check_method,
-    image_attribution_maps,
-    image_logits_forward,
+from sft.report.attribution_base import attribution_settings, check_method
+from sft.report.attribution_image import image_attribution_maps, image_logits_forward, patch_size
+from sft.report.attribution_text import (
     pad_batch,
     pad_id,
-    patch_size,
     segment_separator,
     special_token_mask,
     text_probability_forward,

@@ -79,10 +79,10 @@ def key_model(tiny_bert: str):
     return key_token_model(tiny_bert)
 
 
-def write_csv(path: Path, rows: list[tuple[str, str]]) -> str:
+def write_csv(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...] = ("text", "label")) -> str:
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(("text", "label"))
+        writer.writerow(header)
         writer.writerows(rows)
     return str(path)
 
@@ -436,14 +436,6 @@ def pair_model(key_model):
     return model
 
 
-def write_pair_csv(path: Path, rows: list[tuple[str, str, str]]) -> str:
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(("text", "text_pair", "label"))
-        writer.writerows(rows)
-    return str(path)
-
-
 def test_pair_segment_ids_are_the_tokenizers_and_reach_the_model(pair_model, key_model):
     from sft.report.attribution_text import segment_ids, segment_separator, text_probability_forward
 
@@ -465,9 +457,9 @@ def test_pair_attributions_faithfulness_and_robustness_cover_both_segments(pair_
     from sft.data.text import text_file
     from sft.report import robustness
 
-    rows = [(a, b, label) for a, b, label in PAIR_TEST]
-    dm = text_file(train=write_pair_csv(tmp_path / "train.csv", rows), val=write_pair_csv(tmp_path / "val.csv", rows),
-                   test=write_pair_csv(tmp_path / "test.csv", rows), text_pair_column="text_pair",
+    files = {split: write_csv(tmp_path / f"{split}.csv", PAIR_TEST, ("text", "text_pair", "label"))
+             for split in ("train", "val", "test")}
+    dm = text_file(**files, text_pair_column="text_pair",
                    tokenizer=tiny_bert, max_length=32, cache_dir=str(tmp_path / "cache"))
     dm.prepare_data()
     dm.setup()

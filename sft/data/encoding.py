@@ -26,9 +26,14 @@ def encode(tokenizer: Any, inputs: Sequence[Any], max_length: int, words: bool =
     return tokenizer(list(inputs), truncation=True, max_length=max_length)
 
 
+def has_segment_ids(tokenizer: Any) -> bool:
+    """The model behind ``tokenizer`` takes segment ids (BERT yes, RoBERTa / DistilBERT no)."""
+    return "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+
+
 def takes_token_types(tokenizer: Any, inputs: Sequence[Any]) -> bool:
-    """Segment ids matter for pairs, and only for models that have them (BERT yes, RoBERTa / DistilBERT no)."""
-    return is_pair(inputs) and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+    """Segment ids matter for pairs, and only for models that have them."""
+    return is_pair(inputs) and has_segment_ids(tokenizer)
 
 
 def word_labels(encoding: Any, tags: Sequence[Sequence[str]], tag2id: dict[str, int], origin: str = "data"

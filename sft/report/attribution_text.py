@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sft.data.encoding import has_segment_ids
 from sft.report.attribution_base import attribution_mode, attribution_settings, check_method, model_device
 
 PERTURBATIONS_PER_CALL = 64  # perturbed inputs per forward for occlusion / lime / kernel_shap
@@ -46,8 +47,7 @@ def segment_separator(model: nn.Module, tokenizer: Any) -> int | None:
     """The [SEP] id whose first occurrence ends segment 0, for a sentence-pair model that takes segment ids (BERT,
     MiniLM); None otherwise (one text, or RoBERTa / DistilBERT, which have no segment ids)."""
     pair = bool(getattr(getattr(model, "task", None), "pair", False))
-    takes = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
-    return tokenizer.sep_token_id if pair and takes and tokenizer.sep_token_id is not None else None
+    return tokenizer.sep_token_id if pair and has_segment_ids(tokenizer) and tokenizer.sep_token_id is not None else None
 
 
 def segment_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor, separator: int) -> torch.Tensor:

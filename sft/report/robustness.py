@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from sft.data.batching import length_batches
+from sft.data.encoding import is_pair
 from sft.errors import ConfigError
 from sft.report.htmlparts import MISSING, esc, how, is_num, num, table
 
@@ -144,7 +145,7 @@ DESCRIPTIONS = {
 def _text_predictions(ctx: Any, texts: list[Any]) -> torch.Tensor:
     # Length-sorted chunks: little padding per forward pass; predictions go back to split order.
     preds = torch.empty(len(texts), dtype=torch.long)
-    lengths = [sum(map(len, text)) if isinstance(text, tuple | list) else len(text) for text in texts]
+    lengths = [sum(map(len, text)) if is_pair([text]) else len(text) for text in texts]
     for chunk in length_batches(lengths, TEXT_CHUNK):
         logits = ctx.logits_of(ctx.encode([texts[i] for i in chunk]), batch_size=TEXT_CHUNK)
         preds[chunk] = logits.argmax(-1)
@@ -154,7 +155,7 @@ def _text_predictions(ctx: Any, texts: list[Any]) -> torch.Tensor:
 def perturb_input(perturb: Callable[[str, float, random.Random], str], text: Any, strength: float,
                   rng: random.Random) -> Any:
     """A text perturbed; a sentence pair with each of its two texts perturbed (first, then second)."""
-    if isinstance(text, tuple | list):
+    if is_pair([text]):
         return tuple(perturb(part, strength, rng) for part in text)
     return perturb(text, strength, rng)
 

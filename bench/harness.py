@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+# ../shared/data beside the repository, as the tests find it (never a machine's absolute path).
+SHARED_DATA = HERE.parent.parent / "shared" / "data"
 RESULT_MARKER = "BENCH_RESULT "
 # Environment defaults of a peer that loads a Hugging Face tokenizer / model (everything offline).
 TEXT_ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -76,6 +78,39 @@ def machine_busy_seconds() -> float | None:
         return None
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+# ============================================================================ against the hardware's limit
+
+
+def matmul_peak_tflops(dtype_name: str, threads: int, n: int = 2048, repeats: int = 8) -> float:
+    """This machine's measured matmul peak (TFLOP/s) on ``threads`` threads: the best of ``repeats`` square
+    ``n`` x ``n`` products in ``dtype_name`` ("bf16" or "fp32"), after a warm-up. A probe, not a spec sheet:
+    the ceiling a training step's matmuls could reach here."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e12
+
+
+def encoder_train_flops(lengths: Sequence[int], non_embedding_params: int, layers: int, hidden: int,
+                        epochs: int = 1) -> float:
+    """Model FLOPs of training a Transformer encoder on rows of these real (unpadded) token ``lengths``:
+    forward + backward = 3 x forward; forward = 2 x non-embedding parameters per token (every weight one
+    multiply-add) plus attention's two L x L products per layer (QK^T and AV: 4 L^2 d). Padding is not
+    counted: it is work, not model FLOPs, so a peer that pads less is not penalised."""
+    tokens = sum(lengths)
+    attention = sum(L * L for L in lengths) * 4 * hidden * layers
+    return 3 * (2 * non_embedding_params * tokens + attention) * epochs
 
 
 # ============================================================================ machine and versions
@@ -224,6 +259,8 @@ class FitTimerMixin:
         self._val_start: float | None = None
         self._in_val = False
         self._wrapped = False
+        self.precision: str | None = None  # what the Trainer ran with (Lightning's resolved setting)
+        self.rss_at: dict[str, float] = {}  # peak RSS (MiB) so far, at fit start / fit end
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self._wrapped:
@@ -247,10 +284,13 @@ class FitTimerMixin:
         self._wrapped = True
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.precision = str(trainer.precision)
+        self.rss_at["fit_start"] = peak_rss_mib()
         self.train_start, self.cpu_start = time.perf_counter(), cpu_seconds()
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.train_end, self.cpu_end = time.perf_counter(), cpu_seconds()
+        self.rss_at["fit_end"] = peak_rss_mib()
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:

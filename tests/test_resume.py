@@ -1,8 +1,8 @@
 """Resume: a run killed with SIGKILL at any point and run again ends exactly like an uninterrupted run.
 
-Every run here uses the shipped callbacks (conf/callbacks/default.yaml: ModelCheckpoint, last.ckpt every 50
-steps and after every validation, EarlyStopping, LR monitor), the default learning rate and the machine's own
-precision choice. The tiny BERT on the packaged sample takes 15 steps per epoch; early stopping (patience 3)
+Every run here uses the shipped callbacks (conf/callbacks/default.yaml: ModelCheckpoint, last.ckpt every 5
+minutes and after every validation, EarlyStopping, LR monitor), the default learning rate and the machine's own
+precision choice (one case shortens the time cadence, so that a mid-epoch save happens within the tiny run). The tiny BERT on the packaged sample takes 15 steps per epoch; early stopping (patience 3)
 ends it after 4 of its 6 epochs, so a resumed run that lost the early-stopping state trains on, and one that
 lost the data position trains on other batches: both show in the final weights and step count.
 """
@@ -54,7 +54,8 @@ def uninterrupted(tiny_bert, tmp_path_factory) -> dict[str, tuple]:
 
 # (reference, extra overrides, kill) -> the checkpoint the resumed run starts from.
 KILLS = {
-    "mid-epoch (step-50 save)": ("epochs", [], kill_at(52)),
+    "mid-epoch (time-triggered save)": ("epochs", ["callbacks.last_checkpoint.every_n_minutes=0.001"], kill_at(52)),
+    "mid-epoch (step-triggered save)": ("epochs", ["callbacks.last_checkpoint.every_n_train_steps=50"], kill_at(52)),
     "right after a validation": ("epochs", [], kill_at(15, "on_train_batch_start")),
     "at the end of an epoch": ("epochs", [], kill_at(15, "on_train_epoch_end")),
     "between epochs": ("epochs", [], kill_at(15, "on_train_epoch_start")),
@@ -72,8 +73,15 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_bert, tmp_path, point, u
     run_dir = tmp_path / "killed"
     killed = run_cli(common(tiny_bert, run_dir, *extra, *kill))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file()
     assert not (run_dir / "metrics.json").exists()
+    saved_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    if point.startswith("mid-epoch"):  # a save inside epoch 4 (steps 46-60), not the one after epoch 3's validation
+        assert 45 < saved_at < 52, saved_at
+    if point == "right after a validation":  # the new best of that validation: last.ckpt is the same file, not a copy
+        (best,) = (run_dir / "checkpoints").glob("best-*.ckpt")
+        assert best.samefile(last) and saved_at == 15
 
     resumed = run_cli(common(tiny_bert, run_dir, *extra))  # resume=auto finds last.ckpt
     assert resumed.returncode == 0, resumed.stderr[-3000:]

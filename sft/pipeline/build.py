@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from sft.callbacks import DeferredRequeue, ValidateAtStepLimit, WorkerRanks, ordered_callbacks
+from sft.checkpoint_io import StreamingCheckpointIO
 from sft.config import instantiate, instantiate_all, plain
 from sft.errors import ConfigError
 from sft.report.registry import report_enabled
@@ -102,6 +103,8 @@ def build_trainer(trainer_cfg: DictConfig, output_dir: Path, callbacks: list[Any
     # No checkpoint callback configured (callbacks=none) means none: not Lightning's implicit one.
     if not any(isinstance(cb, Checkpoint) for cb in callbacks):
         overrides.setdefault("enable_checkpointing", False)
+    if trainer_cfg.get("plugins") is None:  # checkpoints streamed to disk (sft.checkpoint_io), unless plugins are set
+        overrides.setdefault("plugins", [StreamingCheckpointIO()])
     own = [ValidateAtStepLimit(), DeferredRequeue(), WorkerRanks()]
     return instantiate(trainer_cfg, callbacks=ordered_callbacks([*callbacks, *own]), logger=loggers or False,
                        precision=precision, default_root_dir=str(output_dir), **overrides)

@@ -1,0 +1,75 @@
+"""How checkpoints reach the disk: streamed straight into the file, atomically.
+
+Lightning's ``TorchCheckpointIO`` serialises the whole checkpoint into an in-memory buffer and then copies it into
+the file: for a 22M-parameter model with AdamW state that is ~270 MB of extra memory at every save and twice the
+write time (measured in bench/README.md). Here ``torch.save`` writes into a temporary file beside the target, which
+then replaces the target in one rename: a kill at any moment leaves the previous checkpoint or the new one, never a
+truncated one (the same promise as Lightning's). Remote paths (``s3://`` and the like) go through Lightning's own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+
+
+class StreamingCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local saves stream to disk. It remembers the last file it wrote (``last_saved``:
+    path, global step, whether it holds the optimizer state, and a running count), so that a checkpoint of the same
+    state can be linked to it instead of written again (:class:`sft.callbacks.LastCheckpoint`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saves = 0
+        self.last_saved: SavedCheckpoint | None = None
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+        else:
+            atomic_torch_save(checkpoint, Path(path))
+        self.saves += 1
+        self.last_saved = SavedCheckpoint(Path(path), checkpoint.get("global_step"), "optimizer_states" in checkpoint,
+                                          self.saves)
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    path: Path
+    global_step: int | None
+    full: bool  # holds the optimizer state (not weights only)
+    number: int  # how many saves this IO had made, this one included
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)`` through a temporary file in the same folder and one ``os.replace``."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def hard_link(source: Path, target: Path) -> bool:
+    """Make ``target`` the same file as ``source`` (a hard link, atomically replacing ``target``). False where the
+    file system has no hard links; the caller then writes the file itself."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, target)
+        return True
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False

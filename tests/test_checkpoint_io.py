@@ -1,0 +1,54 @@
+"""How checkpoints reach the disk (sft.checkpoint_io) and how often last.ckpt is written (sft.callbacks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sft.checkpoint_io import StreamingCheckpointIO
+from sft.errors import ConfigError
+from sft.pipeline.train import train
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint(tmp_path):
+    io = StreamingCheckpointIO()
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"weights": torch.ones(1000), "global_step": 3}, path)
+    # The tensor is written before the pickler reaches the lambda, so the failure comes mid-file.
+    with pytest.raises(Exception, match="lambda|pickle"):
+        io.save_checkpoint({"weights": torch.zeros(1000), "global_step": 4, "hook": lambda: 0}, path)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["global_step"] == 3 and torch.equal(loaded["weights"], torch.ones(1000))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"], "no temporary file is left behind"
+    assert io.saves == 1 and io.last_saved.global_step == 3 and not io.last_saved.full
+
+
+def test_runs_stream_their_checkpoints(tiny_cfg):
+    """A run's trainer saves through StreamingCheckpointIO; after one epoch the validation's best checkpoint (which
+    last.ckpt was linked to, see test_resume) and the train-end last.ckpt (fit finished) are two full checkpoints."""
+    from sft.pipeline import build
+
+    cfg = tiny_cfg("trainer.max_epochs=1", "data.train_size=64", "export=false")
+    trainer = build.build_trainer(cfg.trainer, Path(cfg.output_dir), [], [], "32-true")
+    assert isinstance(trainer.strategy.checkpoint_io, StreamingCheckpointIO)
+
+    metrics = train(cfg)
+    ckpts = Path(cfg.output_dir) / "checkpoints"
+    (best,) = ckpts.glob("best-*.ckpt")
+    last = ckpts / "last.ckpt"
+    assert not best.samefile(last), "the train-end save (fit finished) is a file of its own"
+    best_state = torch.load(best, map_location="cpu", weights_only=True)
+    last_state = torch.load(last, map_location="cpu", weights_only=True)
+    assert best_state["global_step"] == last_state["global_step"] == metrics["fit/global_step"]
+    assert "optimizer_states" in best_state and "optimizer_states" in last_state
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted([best.name, "last.ckpt"])
+
+
+@pytest.mark.parametrize("override, named", [("callbacks.last_checkpoint.every_n_minutes=0", "every_n_minutes=0"),
+                                             ("callbacks.last_checkpoint.every_n_train_steps=-5",
+                                              "every_n_train_steps=-5")])
+def test_a_bad_checkpoint_cadence_is_a_clear_error(tiny_cfg, override, named):
+    with pytest.raises(ConfigError, match=f"callbacks.last_checkpoint.{named}: must be"):
+        train(tiny_cfg(override))

@@ -37,6 +37,16 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         self.last_saved = SavedCheckpoint(Path(path), checkpoint.get("global_step"), "optimizer_states" in checkpoint,
                                           self.saves)
 
+    def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        # Memory-mapped: resuming or evaluating a checkpoint reads the pages it uses, instead of first holding the
+        # whole file (weights and optimizer state: 270 MB for MiniLM) beside the live model and optimizer.
+        if not _is_local_file_protocol(path) or not Path(path).is_file():
+            return super().load_checkpoint(path, map_location, weights_only)
+        import torch
+
+        return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=True)
+
 
 @dataclass(frozen=True)
 class SavedCheckpoint:

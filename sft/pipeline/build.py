@@ -103,8 +103,7 @@ def build_trainer(trainer_cfg: DictConfig, output_dir: Path, callbacks: list[Any
     # No checkpoint callback configured (callbacks=none) means none: not Lightning's implicit one.
     if not any(isinstance(cb, Checkpoint) for cb in callbacks):
         overrides.setdefault("enable_checkpointing", False)
-    if trainer_cfg.get("plugins") is None:  # checkpoints streamed to disk (sft.checkpoint_io), unless plugins are set
-        overrides.setdefault("plugins", [StreamingCheckpointIO()])
+    overrides.update(checkpoint_io(trainer_cfg))
     own = [ValidateAtStepLimit(), DeferredRequeue(), WorkerRanks()]
     return instantiate(trainer_cfg, callbacks=ordered_callbacks([*callbacks, *own]), logger=loggers or False,
                        precision=precision, default_root_dir=str(output_dir), **overrides)
@@ -114,7 +113,13 @@ def build_evaluator(trainer_cfg: DictConfig, output_dir: Path, loggers: list[Any
                     **overrides: Any) -> Any:
     """A Trainer for the final validate / test only (no checkpoints, no training callbacks)."""
     return instantiate(trainer_cfg, callbacks=[WorkerRanks()], logger=loggers or False, precision=precision,
-                       default_root_dir=str(output_dir), enable_checkpointing=False, **overrides)
+                       default_root_dir=str(output_dir), enable_checkpointing=False,
+                       **{**checkpoint_io(trainer_cfg), **overrides})
+
+
+def checkpoint_io(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """Checkpoints streamed to disk and memory-mapped back (sft.checkpoint_io), unless the config sets plugins."""
+    return {} if trainer_cfg.get("plugins") is not None else {"plugins": [StreamingCheckpointIO()]}
 
 
 def callbacks_and_loggers(cfg: DictConfig) -> tuple[list[Any], list[Any]]:

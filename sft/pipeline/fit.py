@@ -227,6 +227,10 @@ def setup_process(cfg: DictConfig) -> None:
         torch.set_num_threads(int(cfg.torch_threads))
     log.info("torch threads: %d", torch.get_num_threads())
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.trainer.get("deterministic"):
+        # Deterministic mode also fills every new tensor with NaN, a debugging aid for reads of uninitialised memory
+        # that does not change results: 13% of an EfficientNet step on CPU (bench/README.md).
+        torch.utils.deterministic.fill_uninitialized_memory = False
     if cfg.freeze.strategy != "none":  # a frozen backbone is in eval mode on purpose
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 

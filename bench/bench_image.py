@@ -52,7 +52,7 @@ import harness
 from harness import cpu_seconds, fmt
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = Path("/work/shared/data/hymenoptera")
+DEFAULT_DATA = harness.SHARED_DATA / "hymenoptera"
 ALL_PEERS = ("plain", "sft", "sft_no_ckpt", "sft_nondet")
 DEFAULT_PEERS = ("plain", "sft", "sft_no_ckpt")
 

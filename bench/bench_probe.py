@@ -50,7 +50,7 @@ import harness
 from harness import cpu_seconds, fmt
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SST2 = Path("/work/shared/data/sst2")
+DEFAULT_SST2 = harness.SHARED_DATA / "sst2"
 ALL_PEERS = ("naive", "cached_cold", "cached_warm", "sklearn")
 
 SEED = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -52,3 +53,25 @@ def test_runs_stream_their_checkpoints(tiny_cfg):
 def test_a_bad_checkpoint_cadence_is_a_clear_error(tiny_cfg, override, named):
     with pytest.raises(ConfigError, match=f"callbacks.last_checkpoint.{named}: must be"):
         train(tiny_cfg(override))
+
+
+class TrainingStateSpy(L.Callback):
+    """Keeps the fitted model and its optimizers, to look at them after train() returns."""
+
+    seen: list[tuple] = []
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        TrainingStateSpy.seen.append((pl_module, list(trainer.optimizers)))
+
+
+def test_fit_frees_gradients_and_optimizer_moments_before_evaluation(tiny_cfg):
+    """Three times the weights (last gradients, AdamW's two moments) are not held through evaluation and export."""
+    TrainingStateSpy.seen.clear()
+    metrics = train(tiny_cfg("trainer.max_epochs=1", "data.train_size=64", "report=none",
+                             "++callbacks.spy._target_=tests.test_checkpoint_io.TrainingStateSpy"))
+    ((model, optimizers),) = TrainingStateSpy.seen
+    assert optimizers and all(not optimizer.state for optimizer in optimizers)
+    assert all(p.grad is None for p in model.parameters())
+    assert metrics["fit/global_step"] > 0 and "test/acc" in metrics  # trained, then evaluated as usual
+    last = torch.load(Path(tiny_cfg().output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["optimizer_states"][0]["state"], "the checkpoint keeps the moments"

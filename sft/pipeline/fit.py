@@ -141,6 +141,7 @@ def fit_lightning(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path
     if finished is None:
         trainer.fit(model, datamodule=fit_datamodule, ckpt_path=ckpt_path)
         epochs, steps = fit_progress(trainer, callbacks)
+        release_training_state(model, trainer)
     else:
         log.info("The run in %s had finished training; evaluating its best checkpoint.", output_dir)
         epochs, steps = saved_progress(finished)
@@ -159,6 +160,14 @@ def fit_lightning(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path
     metrics.update(parameter_counts(model))
     return Fitted(model, datamodule, metrics, is_global_zero=trainer.is_global_zero,
                   device=trainer.strategy.root_device)
+
+
+def release_training_state(model: Any, trainer: Any) -> None:
+    """Free the last step's gradients and the optimizer's moments (together three times the weights) once fit is
+    over: the checkpoints hold them, and the evaluation, report and export that follow do not use them."""
+    model.zero_grad(set_to_none=True)
+    for optimizer in trainer.optimizers:
+        optimizer.state.clear()
 
 
 def _fit_datamodule(cfg: DictConfig, model: Any, datamodule: Any) -> Any:

@@ -128,6 +128,31 @@ def test_channels_last_is_the_same_model_in_the_faster_layout(arch):
         assert torch.allclose(fast(x), plain(x), atol=1e-4)
 
 
+@pytest.mark.parametrize("arch, expected", [("efficientnet_lite0", "32-true"), ("mobilenet_v3_small", "32-true"),
+                                            ("resnet18", "bf16-mixed")])
+def test_automatic_precision_on_a_bf16_cpu_follows_the_architecture(compose_cfg, image_root, tmp_path, arch, expected):
+    """On an AMX / AVX512-BF16 CPU (detection forced on), depthwise CNNs train in fp32, where bf16 is not faster;
+    an explicit trainer.precision still wins."""
+    import json
+
+    from sft.pipeline.train import train
+    from tests.conftest import FAST, cpu_bf16
+
+    def run(name: str, *extra: str) -> str:
+        out = tmp_path / name
+        model = ["model=efficientnet_lite0"] if arch == "efficientnet_lite0" else \
+            ["model=resnet18", f"model.arch={arch}", "model.weights=none"]  # any torchvision architecture
+        cfg = compose_cfg(*model, "data=imagefolder", f"data.path={image_root}", "data.batch_size=8", "data.image_size=32",
+                          f"output_dir={out}", *FAST, "trainer.max_epochs=1", "export=false", "report=none", *extra)
+        with cpu_bf16("bf16"):
+            train(cfg)
+        return json.loads((out / "run.json").read_text())["precision"]
+
+    assert run("auto") == expected
+    if expected == "32-true":
+        assert run("explicit", "trainer.precision=bf16-mixed") == "bf16-mixed"
+
+
 def test_text_model_on_image_data_is_a_clear_error(compose_cfg, image_root, tmp_path):
     from sft.pipeline.train import train
 

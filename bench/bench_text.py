@@ -27,6 +27,7 @@ and the mean padded width of its training batches.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -440,14 +441,26 @@ def run_peer(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
                                                     f"dev acc {r.get('dev_acc', 0):.4f}"))
 
 
+@functools.cache
+def _lengths(sst2_dir: Path, train_rows: int) -> tuple[int, ...]:
+    from transformers import AutoTokenizer
+
+    rows = read_sst2(sst2_dir / "train.tsv", train_rows)
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    return tuple(len(x) for x in tok([t for t, _ in rows], truncation=True, max_length=MAX_LENGTH)["input_ids"])
+
+
+def train_lengths(args: argparse.Namespace) -> list[int]:
+    """Token count (special tokens included, truncated as every peer does) of each of the first N training rows."""
+    return list(_lengths(args.sst2_dir, args.train_rows))
+
+
 def model_flops(args: argparse.Namespace) -> dict[str, Any]:
     """Model FLOPs of the epoch (every peer trains on the same rows) and this machine's matmul peaks."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
 
     path = minilm_path()
-    rows = read_sst2(args.sst2_dir / "train.tsv", args.train_rows)
-    tok = AutoTokenizer.from_pretrained(path)
-    lengths = [len(x) for x in tok([t for t, _ in rows], truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+    lengths = train_lengths(args)
     config = AutoConfig.from_pretrained(path)
     encoder = AutoModel.from_pretrained(path)
     embedding = sum(p.numel() for p in encoder.embeddings.parameters())
@@ -460,14 +473,11 @@ def model_flops(args: argparse.Namespace) -> dict[str, Any]:
 def padding_stats(args: argparse.Namespace) -> dict[str, Any]:
     """Mean padded width of training batches of the first N rows: random vs length-grouped (sft, HF)."""
     import torch
-    from transformers import AutoTokenizer
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
     from sft.data.batching import TrainBatchSampler
 
-    rows = read_sst2(args.sst2_dir / "train.tsv", args.train_rows)
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    lengths = [len(x) for x in tok([t for t, _ in rows], truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+    lengths = train_lengths(args)
 
     def widths(batches: list[list[int]]) -> float:
         return sum(max(lengths[i] for i in b) for b in batches) / len(batches)

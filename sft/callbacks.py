@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -16,8 +15,9 @@ from sft.errors import ConfigError
 
 class LastCheckpoint(Checkpoint):
     """Keeps ``<dirpath>/last.ckpt`` current: every ``every_n_minutes`` of training and / or every
-    ``every_n_train_steps`` steps, after every validation and at the end of training. Written to a temporary file
-    and renamed, so a kill at any moment leaves either the previous or the new checkpoint, never a truncated one.
+    ``every_n_train_steps`` steps, after every validation and at the end of training. The checkpoint IO writes a
+    temporary file and renames it, so a kill at any moment leaves either the previous or the new checkpoint, never a
+    truncated one.
 
     A time cadence bounds the work a crash can lose whatever a step costs, at a fixed share of the time: one write
     (~0.5 s for MiniLM with its AdamW state) every few minutes, where "every 50 steps" wrote every 10 s on a CPU
@@ -58,11 +58,8 @@ class LastCheckpoint(Checkpoint):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         same = self._saved_in_this_validation(trainer) if link_new_best else None
         linked = trainer.strategy.broadcast(bool(same and trainer.is_global_zero and hard_link(same, self.path)))
-        if not linked:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            trainer.save_checkpoint(tmp, weights_only=False)  # explicit: Lightning logs its default at every save
-            if trainer.is_global_zero:
-                os.replace(tmp, self.path)
+        if not linked:  # atomic: the checkpoint IO (sft's, and Lightning's own) writes a temporary file and renames it
+            trainer.save_checkpoint(self.path, weights_only=False)  # explicit: Lightning logs its default at every save
         self._saved_at_step = trainer.global_step
         self._saved_at_time = time.monotonic()
 

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from sft.callbacks import EPOCHS_KEY, FIT_FINISHED_KEY, LastCheckpoint, epochs_trained, worker_launcher
-from sft.devices import auto_precision, cpu_supports_bf16, evaluation_precision
+from sft.devices import auto_precision, evaluation_precision
 from sft.errors import ConfigError
 from sft.loggers import discard_previous_metrics
 from sft.pipeline.build import build_estimator, build_evaluator, build_trainer, callbacks_and_loggers
@@ -114,11 +114,12 @@ def fit_lightning(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path
 
     fit_datamodule = _fit_datamodule(cfg, model, datamodule)
     callbacks, loggers = callbacks_and_loggers(cfg)
-    precision = cfg.trainer.get("precision") or auto_precision(cfg.trainer.get("accelerator"),
-                                                               cpu_bf16_pays=model.cpu_bf16_pays)
-    if not cfg.trainer.get("precision") and not model.cpu_bf16_pays and precision == "32-true" and cpu_supports_bf16():
-        log.info("fp32 on this bf16-capable CPU: bf16 autocast does not speed up this model's depthwise convolutions "
-                 "(measured in bench/README.md); trainer.precision=bf16-mixed overrides.")
+    precision = cfg.trainer.get("precision")
+    if not precision:
+        precision = auto_precision(cfg.trainer.get("accelerator"), cpu_bf16_pays=model.cpu_bf16_pays)
+        if precision != auto_precision(cfg.trainer.get("accelerator")):
+            log.info("fp32 on this bf16-capable CPU: bf16 autocast does not speed up this model's depthwise "
+                     "convolutions (measured in bench/README.md); trainer.precision=bf16-mixed overrides.")
     strategy = {}
     if cfg.trainer.get("strategy") == "ddp_fork" and torch.cuda.is_initialized():
         # A forked process cannot use CUDA once the parent initialized it: start the ranks fresh instead.

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,8 @@ from harness import fmt
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SST2 = harness.SHARED_DATA / "sst2"
-ALL_PEERS = ("plain", "plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft", "sft_random_batches")
+ALL_PEERS = ("plain", "plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft", "sft_random_batches",
+             "sft_torch_dropout", "sft_default_malloc")
 DEFAULT_PEERS = ("plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft")
 
 SEED = 0
@@ -313,7 +315,12 @@ def sft_data(args: argparse.Namespace, work: Path) -> list[str]:
             f"data.max_length={MAX_LENGTH}", f"data.batch_size={BATCH_SIZE}", f"seed={SEED}"]
 
 
-def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
+# Ablations of sft's CPU levers: (overrides, what the notes say)
+SFT_ABLATIONS = {"sft_torch_dropout": (["+model.fast_cpu_dropout=false"], "torch's nn.Dropout"),
+                 "sft_default_malloc": (["keep_large_cpu_blocks=false"], "glibc's default mmap threshold")}
+
+
+def peer_sft(args: argparse.Namespace, group_by_length: bool, ablation: str | None = None) -> dict[str, Any]:
     work = args.workdir / ("sft" if group_by_length else "sft_random")
     from sft.pipeline.train import train
 
@@ -335,11 +342,13 @@ def peer_sft(args: argparse.Namespace, group_by_length: bool) -> dict[str, Any]:
         "callbacks.early_stopping=null",
         "++callbacks.bench_timer._target_=__main__.sft_bench_timer",
     ]
+    overrides += SFT_ABLATIONS[ablation][0] if ablation else []
     metrics = train(harness.compose_sft(overrides, show=True))
     timing = harness.timer_summary()
     return {**timing, "dev_acc": metrics["test/acc"], "fit_seconds": metrics.get("fit/seconds"),
             "val_acc": metrics.get("val/acc"),
             "notes": f"{'length-grouped' if group_by_length else 'random'} batches, fused AdamW, "
+                     f"{SFT_ABLATIONS[ablation][1] + ', ' if ablation else ''}"
                      f"{timing['n_ckpt']} ckpt writes ({timing['ckpt_s']:.1f}s, in train s)"}
 
 
@@ -403,6 +412,7 @@ PEERS = {
     "hf_trainer_best": lambda args: peer_hf(args, best=True),
     "sft": lambda args: peer_sft(args, group_by_length=True),
     "sft_random_batches": lambda args: peer_sft(args, group_by_length=False),
+    **{name: functools.partial(peer_sft, group_by_length=True, ablation=name) for name in SFT_ABLATIONS},
 }
 
 
@@ -495,6 +505,33 @@ def padding_stats(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per peer over interleaved rounds: its median run (a real run, so every column is consistent), the
+    samples/s of all its runs, and its speed ratio to each HF peer as the median of the ratios within a round
+    (peers of one round ran minutes apart, so a slow phase of a shared machine cancels out)."""
+    rows = []
+    for i, first in enumerate(rounds[0]):
+        runs = [r[i] for r in rounds if r[i].get("status") == "ok"]
+        if not runs:
+            rows.append(first)
+            continue
+        row = dict(sorted(runs, key=lambda r: r["samples_per_s"])[(len(runs) - 1) // 2])
+        row["samples_per_s_runs"] = [r["samples_per_s"] for r in runs]
+        row["paired_ratio"] = {}
+        for base in ("hf_trainer", "hf_trainer_best"):
+            ratios = [r[i]["samples_per_s"] / b["samples_per_s"] for r in rounds
+                      for b in r if b["peer"] == base and b.get("status") == "ok" and r[i].get("status") == "ok"]
+            if ratios:
+                row["paired_ratio"][base] = statistics.median(ratios)
+        rows.append(row)
+    return rows
+
+
+def spread(r: dict[str, Any]) -> str:
+    runs = r.get("samples_per_s_runs") or []
+    return f" ({min(runs):.1f}-{max(runs):.1f})" if len(runs) > 1 else ""
+
+
 def markdown_table(results: list[dict[str, Any]], flops: dict[str, Any]) -> str:
     by_peer = {r["peer"]: r for r in results if r.get("status") == "ok"}
     lines = ["| peer | status | precision | train s | samples/s | vs hf_trainer | vs hf_trainer_best | dev acc "
@@ -504,6 +541,8 @@ def markdown_table(results: list[dict[str, Any]], flops: dict[str, Any]) -> str:
         ok = r.get("status") == "ok"
 
         def ratio(base: str, r: dict[str, Any] = r, ok: bool = ok) -> str:
+            if ok and base in r.get("paired_ratio", {}):
+                return f"{r['paired_ratio'][base]:.2f}x"
             b = by_peer.get(base)
             return f"{r['samples_per_s'] / b['samples_per_s']:.2f}x" if ok and b else "n/a"
 
@@ -514,7 +553,7 @@ def markdown_table(results: list[dict[str, Any]], flops: dict[str, Any]) -> str:
         fit_rss = (r.get("rss_at") or {}).get("fit_end")
         lines.append(
             f"| {r['peer']} | {r.get('status')} | {precision or 'n/a'} | {fmt(r.get('train_s') if ok else None, '.1f')} | "
-            f"{fmt(r.get('samples_per_s') if ok else None, '.1f')} | {ratio('hf_trainer')} | {ratio('hf_trainer_best')} | "
+            f"{fmt(r.get('samples_per_s') if ok else None, '.1f')}{spread(r)} | {ratio('hf_trainer')} | {ratio('hf_trainer_best')} | "
             f"{fmt(r.get('dev_acc') if ok else None, '.4f')} | {fmt(tflops, '.3f')} | "
             f"{fmt(100 * tflops / peak if tflops and peak else None, '.1f')} | "
             f"{fmt(fit_rss, '.0f')} / {fmt(r.get('peak_rss_mib'), '.0f')} | "
@@ -531,10 +570,12 @@ def run_parent(args: argparse.Namespace) -> int:
         return 2
     dev_n = len(read_sst2(args.sst2_dir / "dev.tsv", args.dev_rows))
     with harness.scratch_dir("sft-bench-", args.keep) as workdir:
-        print(f"[bench] {len(peers)} peer(s), train rows {args.train_rows}, dev rows {dev_n}, "
-              f"work dir {workdir}", file=sys.stderr, flush=True)
+        print(f"[bench] {len(peers)} peer(s) x {args.repeats} round(s), train rows {args.train_rows}, dev rows "
+              f"{dev_n}, work dir {workdir}", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        results = [run_peer(p, args, workdir) for p in peers]
+        rounds = [[{**run_peer(p, args, workdir / f"round{k}"), "round": k} for p in peers]
+                  for k in range(args.repeats)]
+    results = median_rows(rounds) if args.repeats > 1 else rounds[0]
 
     try:
         padding = padding_stats(args)
@@ -559,6 +600,7 @@ def run_parent(args: argparse.Namespace) -> int:
         "versions": harness.versions(("torch", "transformers", "lightning", "hydra", "datasets")),
         "bench_wall_s": time.perf_counter() - started,
         "results": results,
+        "rounds": rounds,
         "padding": padding,
         "flops": flops,
     }
@@ -567,7 +609,8 @@ def run_parent(args: argparse.Namespace) -> int:
     print(f"SST-2, first {args.train_rows} train rows, dev {dev_n} rows, MiniLM-L6, 1 epoch, "
           f"batch {BATCH_SIZE}, max_len {MAX_LENGTH}, {THREADS} threads; CPU flags {harness.cpu_flags_summary()}; "
           f"bf16 on CPU: {'yes' if bf16_here else 'no (fp32 everywhere)'}"
-          f"{'' if args.cpu_bf16 == 'auto' else f' (forced by --cpu-bf16 {args.cpu_bf16})'}")
+          f"{'' if args.cpu_bf16 == 'auto' else f' (forced by --cpu-bf16 {args.cpu_bf16})'}"
+          f"{f'; medians of {args.repeats} interleaved rounds, ratios paired within a round' if args.repeats > 1 else ''}")
     print()
     print(table)
     if "error" not in padding:
@@ -599,6 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default=None,
                    help="JSON results (default bench/results_text.json; bench/results_text_quick.json with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: 256 train rows, first 128 dev rows")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of all peers, interleaved; the table shows each peer's median run and its speed "
+                        "ratios as medians of within-round ratios (default 1)")
     p.add_argument("--sst2-dir", type=Path, default=DEFAULT_SST2, help="GLUE SST-2 folder with train.tsv and dev.tsv")
     p.add_argument("--timeout", type=int, default=None, help="seconds per peer (default 3600; 600 with --quick)")
     p.add_argument("--extra-path", default=os.environ.get("SFT_BENCH_EXTRA_PATH"),
@@ -619,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
         args.output = str(HERE / ("results_text_quick.json" if args.quick else "results_text.json"))
     if args.train_rows < 1:
         p.error("--train-rows must be >= 1")
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
 
     return harness.dispatch(args, "sft-bench-", run_child, run_parent)
 

@@ -15,6 +15,7 @@ from sft.export import export_text_model
 from sft.finetune.blocks import block_map, group_modules
 from sft.finetune.strategy import FreezeSpec
 from sft.models.backbones import load_task_model, resolve_name_or_path
+from sft.models.dropout import use_fast_cpu_dropout
 from sft.optim import build_optimizer, build_scheduler, check_optimizer
 from sft.tasks import Task, make_task, task_from_dict
 
@@ -49,8 +50,10 @@ class Classifier(L.LightningModule):
         monitor: str,
         task: Task | Mapping[str, Any] | None = None,
         head_bias: str = "prior",
+        fast_cpu_dropout: bool = True,
     ):
         super().__init__()
+        self.fast_cpu_dropout = fast_cpu_dropout
         if head_bias not in HEAD_BIAS:
             raise ConfigError(f"model.head_bias={head_bias!r}: use {' or '.join(map(repr, HEAD_BIAS))} ("
                               f"{'; '.join(f'{k}: {v}' for k, v in HEAD_BIAS.items())}).")
@@ -80,6 +83,15 @@ class Classifier(L.LightningModule):
         self.test_metrics = self.task.metrics("test")
         if self.task.kind == "multi_label":  # the decision thresholds (tuned on val): saved in every checkpoint
             self.register_buffer("thresholds", self.task.initial_thresholds())
+
+    def finish_build(self) -> None:
+        """What a subclass calls once it has built ``self.model``: the cheaper CPU dropout (same dropout,
+        ``sft.models.dropout``), freezing, and train mode (``from_pretrained`` returns eval mode; Lightning keeps
+        each module's mode as found)."""
+        if self.fast_cpu_dropout:
+            use_fast_cpu_dropout(self.model)
+        self.apply_freeze()
+        self.train()
 
     # ------------------------------------------------------------------ to define in subclasses
     @property
@@ -368,18 +380,18 @@ class TextClassifier(Classifier):
         hf_config: dict | None = None,
         task: Task | Mapping[str, Any] | None = None,
         head_bias: str = "prior",
+        fast_cpu_dropout: bool = True,
     ):
         # A model rebuilt from a checkpoint (hf_config) has its trained head: never re-initialised.
         super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task,
-                         head_bias if hf_config is None else "library")
+                         head_bias if hf_config is None else "library", fast_cpu_dropout)
         self.name_or_path = resolve_name_or_path(name_or_path) if hf_config is None else name_or_path
         self.save_hyperparameters(
             {"name_or_path": self.name_or_path, "num_labels": self.task.num_outputs, "id2label": self.id2label,
              "freeze": freeze, "monitor": monitor, "task": self.task.to_dict()}
         )
         self.model = load_task_model(self.name_or_path, self.task, hf_config)
-        self.apply_freeze()
-        self.train()  # from_pretrained returns eval mode; Lightning keeps each module's mode as found
+        self.finish_build()
 
     @property
     def backbone(self) -> torch.nn.Module:

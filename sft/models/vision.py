@@ -123,8 +123,10 @@ class ImageClassifier(Classifier):
         task: Any = None,
         head_bias: str = "prior",
         channels_last: bool = True,
+        fast_cpu_dropout: bool = True,
     ):
-        super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task, head_bias)
+        super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task, head_bias,
+                         fast_cpu_dropout)
         if self.task.kind != "single_label":
             raise ConfigError(f"Image models classify one label per image; a {self.task.kind} task is not supported "
                               "for images (see the README's task types).")
@@ -138,8 +140,7 @@ class ImageClassifier(Classifier):
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.head = head_name(self.model)
-        self.apply_freeze()
-        self.train()
+        self.finish_build()
 
     @property
     def cpu_bf16_pays(self) -> bool:

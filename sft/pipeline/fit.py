@@ -15,7 +15,13 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from sft.callbacks import EPOCHS_KEY, FIT_FINISHED_KEY, LastCheckpoint, epochs_trained, worker_launcher
-from sft.devices import auto_precision, evaluation_precision
+from sft.devices import (
+    auto_precision,
+    evaluation_precision,
+    keep_large_cpu_blocks,
+    limit_onednn_cache,
+    return_free_cpu_memory,
+)
 from sft.errors import ConfigError
 from sft.loggers import discard_previous_metrics
 from sft.pipeline.build import build_estimator, build_evaluator, build_trainer, callbacks_and_loggers
@@ -173,6 +179,7 @@ def release_training_state(model: Any, trainer: Any) -> None:
     model.zero_grad(set_to_none=True)
     for optimizer in trainer.optimizers:
         optimizer.state.clear()
+    return_free_cpu_memory()
 
 
 def _fit_datamodule(cfg: DictConfig, model: Any, datamodule: Any) -> Any:
@@ -240,6 +247,10 @@ def setup_process(cfg: DictConfig) -> None:
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     log.info("torch threads: %d", torch.get_num_threads())
+    if cfg.get("keep_large_cpu_blocks", True) and not keep_large_cpu_blocks():
+        log.info("keep_large_cpu_blocks: not applied (the C library is not glibc).")
+    if cfg.get("onednn_primitive_cache_capacity") is not None:
+        limit_onednn_cache(int(cfg.onednn_primitive_cache_capacity))
     L.seed_everything(cfg.seed, workers=True)
     if cfg.trainer.get("deterministic"):
         # Deterministic mode also fills every new tensor with NaN, a debugging aid for reads of uninitialised memory

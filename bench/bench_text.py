@@ -41,7 +41,7 @@ from harness import fmt
 HERE = Path(__file__).resolve().parent
 DEFAULT_SST2 = harness.SHARED_DATA / "sst2"
 ALL_PEERS = ("plain", "plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft", "sft_random_batches",
-             "sft_torch_dropout", "sft_default_malloc")
+             "sft_torch_dropout", "sft_dense_embedding_grad", "sft_onednn_default_cache")
 DEFAULT_PEERS = ("plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft")
 
 SEED = 0
@@ -293,6 +293,7 @@ def sft_bench_timer() -> Any:
 
         def summary(self) -> dict[str, Any]:
             return {**self.fit_times(), "ckpt_s": self.ckpt_s, "n_ckpt": self.n_ckpt, "precision": self.precision,
+                    "ckpt_after_end_s": self.ckpt_after_end_s,
                     "rss_at": self.rss_at, "mean_batch_width": mean(self.widths), "steps": len(self.widths)}
 
     timer = BenchTimer()
@@ -317,7 +318,9 @@ def sft_data(args: argparse.Namespace, work: Path) -> list[str]:
 
 # Ablations of sft's CPU levers: (overrides, what the notes say)
 SFT_ABLATIONS = {"sft_torch_dropout": (["+model.fast_cpu_dropout=false"], "torch's nn.Dropout"),
-                 "sft_default_malloc": (["keep_large_cpu_blocks=false"], "glibc's default mmap threshold")}
+                 "sft_dense_embedding_grad": (["+model.embedding_grad_buffer=false"],
+                                              "a fresh embedding gradient every step"),
+                 "sft_onednn_default_cache": (["onednn_primitive_cache_capacity=null"], "oneDNN's 1024-kernel cache")}
 
 
 def peer_sft(args: argparse.Namespace, group_by_length: bool, ablation: str | None = None) -> dict[str, Any]:

@@ -255,6 +255,7 @@ class FitTimerMixin:
         self.n_val = 0
         self.ckpt_s = 0.0
         self.ckpt_in_val_s = 0.0
+        self.ckpt_after_end_s = 0.0  # saves in checkpoint callbacks' on_train_end, which runs after this one's
         self.n_ckpt = 0
         self._val_start: float | None = None
         self._in_val = False
@@ -279,6 +280,8 @@ class FitTimerMixin:
                     timer.n_ckpt += 1
                     if timer._in_val:
                         timer.ckpt_in_val_s += dt
+                    if timer.train_end is not None:
+                        timer.ckpt_after_end_s += dt
 
         trainer.save_checkpoint = timed_save
         self._wrapped = True
@@ -306,8 +309,11 @@ class FitTimerMixin:
 
     def fit_times(self) -> dict[str, float]:
         """Training time = the fit loop minus the in-fit validation passes (checkpoint writes inside the
-        validation window count as checkpointing, i.e. training time, not validation)."""
+        validation window count as checkpointing, i.e. training time, not validation), plus the saves that
+        Lightning runs after this callback's ``on_train_end`` (checkpoint callbacks come last: sft's train-end
+        ``last.ckpt``)."""
         total = (self.train_end or time.perf_counter()) - (self.train_start or time.perf_counter())
+        total += self.ckpt_after_end_s
         val_pure = self.val_s - self.ckpt_in_val_s
         return {"train_s": total - val_pure, "fit_loop_s": total, "val_in_fit_s": val_pure}
 

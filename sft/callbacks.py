@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +24,9 @@ class LastCheckpoint(Checkpoint):
     A time cadence bounds the work a crash can lose whatever a step costs, at a fixed share of the time: one write
     (~0.5 s for MiniLM with its AdamW state) every few minutes, where "every 50 steps" wrote every 10 s on a CPU
     and would every second on a GPU. After a validation that saved a new best checkpoint, last.ckpt becomes a hard
-    link to that file (the same state, so the same bytes) instead of a second full write.
+    link to that file (the same state, so the same bytes) instead of a second full write. At the end of training,
+    when last.ckpt already holds the final step, a small marker (``last.ckpt.finished.json``) says the fit is over,
+    again instead of a full write; any later write of last.ckpt removes it first.
 
     A ``Checkpoint`` subclass so that Lightning runs its hooks after every non-checkpoint callback, and listed
     after the other checkpoint callbacks by ``ordered_callbacks``: the checkpoint written after a validation then
@@ -56,6 +60,8 @@ class LastCheckpoint(Checkpoint):
             return
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        if trainer.is_global_zero:  # the file it described is being replaced
+            finished_marker(self.path).unlink(missing_ok=True)
         same = self._saved_in_this_validation(trainer) if link_new_best else None
         linked = trainer.strategy.broadcast(bool(same and trainer.is_global_zero and hard_link(same, self.path)))
         if not linked:  # atomic: the checkpoint IO (sft's, and Lightning's own) writes a temporary file and renames it
@@ -100,7 +106,17 @@ class LastCheckpoint(Checkpoint):
         # Marked finished: resuming such a run skips fit (Lightning cannot restart a completed fit
         # cleanly: EarlyStopping finds no metric) and goes on to validate / test / export.
         self._fit_finished = True
-        self._save(trainer, force=True)
+        if self._saved_at_step != trainer.global_step or not self.path.is_file():
+            self._save(trainer, force=True)
+            return
+        # last.ckpt already holds the final weights and optimizer state (saved at this step, usually after the
+        # final validation): a small marker beside it says the fit is over, instead of a second full write.
+        if trainer.is_global_zero:
+            marker = finished_marker(self.path)
+            tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"global_step": trainer.global_step, EPOCHS_KEY: epochs_trained(trainer)}))
+            tmp.replace(marker)
+        trainer.strategy.barrier("sft_fit_finished_marker")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[FIT_FINISHED_KEY] = self._fit_finished
@@ -115,6 +131,25 @@ class LastCheckpoint(Checkpoint):
 
 
 FIT_FINISHED_KEY = "sft_fit_finished"
+
+
+def finished_marker(last_checkpoint: Path) -> Path:
+    """The file saying that ``last_checkpoint``, as it is, holds a finished fit (``last.ckpt.finished.json``)."""
+    return last_checkpoint.with_name(last_checkpoint.name + ".finished.json")
+
+
+def read_finished(checkpoint_path: Path, checkpoint: dict) -> dict | None:
+    """``checkpoint`` (loaded from ``checkpoint_path``) marked as a finished fit, by its own key or by the marker
+    file beside it (written for its very step); None when the fit was not finished."""
+    if checkpoint.get(FIT_FINISHED_KEY):
+        return checkpoint
+    try:
+        marker = json.loads(finished_marker(checkpoint_path).read_text())
+    except (OSError, ValueError):
+        return None
+    if marker.get("global_step") != checkpoint.get("global_step"):
+        return None  # describes another state (stale)
+    return {**checkpoint, FIT_FINISHED_KEY: True, EPOCHS_KEY: marker.get(EPOCHS_KEY, checkpoint.get("epoch"))}
 SHOULD_STOP_KEY = "sft_should_stop"
 EPOCHS_KEY = "sft_epochs_trained"
 

@@ -17,7 +17,6 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from sft.errors import ConfigError
 
@@ -58,27 +57,6 @@ def auto_precision(accelerator: str | None, cpu_bf16_pays: bool = True) -> str:
     return "32-true"
 
 
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_KEEP_ON_HEAP_BYTES = 1 << 30
-
-
-def keep_large_cpu_blocks() -> bool:
-    """Let glibc reuse freed blocks of up to 1 GiB instead of handing each back to the OS. Returns whether it applied
-    (False where the C library is not glibc).
-
-    glibc serves blocks above 32 MiB with ``mmap`` and unmaps them on free, so a tensor of that size allocated every
-    step is page-faulted in afresh every step. A text model's word-embedding gradient is one (30522 x 384 fp32,
-    47 MB for MiniLM; 94 MB for BERT-base): its zero fill took 12-15 ms a step instead of ~1.5 ms, 8% of a MiniLM
-    step (bench/README.md). Raising the mmap and trim thresholds keeps such blocks in the heap for the next step.
-    Peak memory stays that of the largest step; memory freed after training is kept by the process for reuse.
-    """
-    mallopt = _glibc_function("mallopt")
-    if mallopt is None:
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_ON_HEAP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_ON_HEAP_BYTES))
-
-
 ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
@@ -97,24 +75,6 @@ def limit_onednn_cache(capacity: int) -> bool:
         return False
     os.environ[ONEDNN_CACHE_ENV] = str(int(capacity))
     return True
-
-
-def return_free_cpu_memory() -> None:
-    """Hand the heap's free memory back to the OS (glibc ``malloc_trim``): after training, what
-    :func:`keep_large_cpu_blocks` kept for the next step would otherwise add to the evaluation's peak."""
-    malloc_trim = _glibc_function("malloc_trim")
-    if malloc_trim is not None:
-        malloc_trim(0)
-
-
-def _glibc_function(name: str) -> Any:
-    import ctypes
-    import ctypes.util
-
-    try:
-        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
-    except (OSError, AttributeError):  # not glibc (macOS, musl without it)
-        return None
 
 
 def evaluation_precision(precision: str) -> str:

@@ -26,10 +26,13 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint(tmp_path):
     assert io.saves == 1 and io.last_saved.global_step == 3 and not io.last_saved.full
 
 
-def test_runs_stream_their_checkpoints(tiny_cfg):
-    """A run's trainer saves through StreamingCheckpointIO; after one epoch the validation's best checkpoint (which
-    last.ckpt was linked to, see test_resume) and the train-end last.ckpt (fit finished) are two full checkpoints."""
+def test_runs_stream_their_checkpoints_and_mark_the_finished_fit_without_a_second_write(tiny_cfg):
+    """A run's trainer saves through StreamingCheckpointIO. After one epoch the validation's best checkpoint is also
+    last.ckpt (a hard link, see test_resume), and the end of fit adds a small marker instead of rewriting last.ckpt
+    with the same weights and optimizer state."""
+    from sft.callbacks import finished_marker
     from sft.pipeline import build
+    from sft.pipeline.fit import finished_checkpoint
 
     cfg = tiny_cfg("trainer.max_epochs=1", "data.train_size=64", "export=false")
     trainer = build.build_trainer(cfg.trainer, Path(cfg.output_dir), [], [], "32-true")
@@ -39,12 +42,17 @@ def test_runs_stream_their_checkpoints(tiny_cfg):
     ckpts = Path(cfg.output_dir) / "checkpoints"
     (best,) = ckpts.glob("best-*.ckpt")
     last = ckpts / "last.ckpt"
-    assert not best.samefile(last), "the train-end save (fit finished) is a file of its own"
-    best_state = torch.load(best, map_location="cpu", weights_only=True)
-    last_state = torch.load(last, map_location="cpu", weights_only=True)
-    assert best_state["global_step"] == last_state["global_step"] == metrics["fit/global_step"]
-    assert "optimizer_states" in best_state and "optimizer_states" in last_state
-    assert sorted(p.name for p in ckpts.iterdir()) == sorted([best.name, "last.ckpt"])
+    assert best.samefile(last)
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["global_step"] == metrics["fit/global_step"] and "optimizer_states" in state
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted([best.name, "last.ckpt", "last.ckpt.finished.json"])
+    finished = finished_checkpoint(str(last))
+    assert finished is not None and finished["sft_epochs_trained"] == 1
+    # A marker for another step (last.ckpt replaced by a later state) does not make that state finished.
+    finished_marker(last).write_text('{"global_step": 12345, "sft_epochs_trained": 9}')
+    assert finished_checkpoint(str(last)) is None
+    finished_marker(last).unlink()
+    assert finished_checkpoint(str(last)) is None
 
 
 @pytest.mark.parametrize("override, named", [("callbacks.last_checkpoint.every_n_minutes=0", "every_n_minutes=0"),

@@ -16,6 +16,7 @@ from sft.finetune.blocks import block_map, group_modules
 from sft.finetune.strategy import FreezeSpec
 from sft.models.backbones import load_task_model, resolve_name_or_path
 from sft.models.dropout import use_fast_cpu_dropout
+from sft.models.embedding_grad import reuse_embedding_grad_buffers
 from sft.optim import build_optimizer, build_scheduler, check_optimizer
 from sft.tasks import Task, make_task, task_from_dict
 
@@ -51,9 +52,12 @@ class Classifier(L.LightningModule):
         task: Task | Mapping[str, Any] | None = None,
         head_bias: str = "prior",
         fast_cpu_dropout: bool = True,
+        embedding_grad_buffer: bool = True,
     ):
         super().__init__()
         self.fast_cpu_dropout = fast_cpu_dropout
+        self.embedding_grad_buffer = embedding_grad_buffer
+        self._undo_embedding_grad_buffers: Callable[[], None] | None = None
         if head_bias not in HEAD_BIAS:
             raise ConfigError(f"model.head_bias={head_bias!r}: use {' or '.join(map(repr, HEAD_BIAS))} ("
                               f"{'; '.join(f'{k}: {v}' for k, v in HEAD_BIAS.items())}).")
@@ -247,6 +251,13 @@ class Classifier(L.LightningModule):
             self._ddp_reduced = {id(p) for p in self.parameters() if p.requires_grad}
         self.apply_freeze()
         log.info("Trainable parameters by group (%s):\n%s", self.freeze, self.freeze_table())
+        if self.embedding_grad_buffer and self.device.type == "cpu" and self.trainer.world_size == 1:
+            self._undo_embedding_grad_buffers = reuse_embedding_grad_buffers(self.model)
+
+    def on_fit_end(self) -> None:
+        if self._undo_embedding_grad_buffers is not None:
+            self._undo_embedding_grad_buffers()
+            self._undo_embedding_grad_buffers = None
 
     def on_train_epoch_start(self) -> None:
         if self.freeze == "gradual" and self.freeze_spec.unit == "epoch":
@@ -381,10 +392,11 @@ class TextClassifier(Classifier):
         task: Task | Mapping[str, Any] | None = None,
         head_bias: str = "prior",
         fast_cpu_dropout: bool = True,
+        embedding_grad_buffer: bool = True,
     ):
         # A model rebuilt from a checkpoint (hf_config) has its trained head: never re-initialised.
         super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task,
-                         head_bias if hf_config is None else "library", fast_cpu_dropout)
+                         head_bias if hf_config is None else "library", fast_cpu_dropout, embedding_grad_buffer)
         self.name_or_path = resolve_name_or_path(name_or_path) if hf_config is None else name_or_path
         self.save_hyperparameters(
             {"name_or_path": self.name_or_path, "num_labels": self.task.num_outputs, "id2label": self.id2label,

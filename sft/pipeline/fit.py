@@ -14,14 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from sft.callbacks import EPOCHS_KEY, FIT_FINISHED_KEY, LastCheckpoint, epochs_trained, worker_launcher
-from sft.devices import (
-    auto_precision,
-    evaluation_precision,
-    keep_large_cpu_blocks,
-    limit_onednn_cache,
-    return_free_cpu_memory,
-)
+from sft.callbacks import EPOCHS_KEY, LastCheckpoint, epochs_trained, read_finished, worker_launcher
+from sft.devices import auto_precision, evaluation_precision, limit_onednn_cache
 from sft.errors import ConfigError
 from sft.loggers import discard_previous_metrics
 from sft.pipeline.build import build_estimator, build_evaluator, build_trainer, callbacks_and_loggers
@@ -52,7 +46,7 @@ def finished_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:
     import torch
 
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    return checkpoint if checkpoint.get(FIT_FINISHED_KEY) else None
+    return read_finished(Path(ckpt_path), checkpoint)
 
 
 def saved_progress(checkpoint: dict[str, Any]) -> tuple[int, int]:
@@ -179,7 +173,6 @@ def release_training_state(model: Any, trainer: Any) -> None:
     model.zero_grad(set_to_none=True)
     for optimizer in trainer.optimizers:
         optimizer.state.clear()
-    return_free_cpu_memory()
 
 
 def _fit_datamodule(cfg: DictConfig, model: Any, datamodule: Any) -> Any:
@@ -247,8 +240,6 @@ def setup_process(cfg: DictConfig) -> None:
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     log.info("torch threads: %d", torch.get_num_threads())
-    if cfg.get("keep_large_cpu_blocks", True) and not keep_large_cpu_blocks():
-        log.info("keep_large_cpu_blocks: not applied (the C library is not glibc).")
     if cfg.get("onednn_primitive_cache_capacity") is not None:
         limit_onednn_cache(int(cfg.onednn_primitive_cache_capacity))
     L.seed_everything(cfg.seed, workers=True)

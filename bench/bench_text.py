@@ -41,7 +41,7 @@ from harness import fmt
 HERE = Path(__file__).resolve().parent
 DEFAULT_SST2 = harness.SHARED_DATA / "sst2"
 ALL_PEERS = ("plain", "plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft", "sft_random_batches",
-             "sft_torch_dropout", "sft_dense_embedding_grad", "sft_onednn_default_cache")
+             "sft_torch_dropout", "sft_dense_embedding_grad", "sft_onednn_cache_64")
 DEFAULT_PEERS = ("plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft")
 
 SEED = 0
@@ -320,7 +320,7 @@ def sft_data(args: argparse.Namespace, work: Path) -> list[str]:
 SFT_ABLATIONS = {"sft_torch_dropout": (["+model.fast_cpu_dropout=false"], "torch's nn.Dropout"),
                  "sft_dense_embedding_grad": (["+model.embedding_grad_buffer=false"],
                                               "a fresh embedding gradient every step"),
-                 "sft_onednn_default_cache": (["onednn_primitive_cache_capacity=null"], "oneDNN's 1024-kernel cache")}
+                 "sft_onednn_cache_64": (["onednn_primitive_cache_capacity=64"], "oneDNN's kernel cache capped at 64")}
 
 
 def peer_sft(args: argparse.Namespace, group_by_length: bool, ablation: str | None = None) -> dict[str, Any]:

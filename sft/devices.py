@@ -65,9 +65,10 @@ def limit_onednn_cache(capacity: int) -> bool:
     Returns False where ``$ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is already set (the environment wins).
 
     oneDNN keeps up to 1024 of them, one set per input shape, each with its own scratch memory. With length-grouped
-    batches every batch width is a new shape: MiniLM on SST-2 grows by ~130 MB of kernels in one epoch (bench_text:
-    peak RSS 1859 vs 1995 MiB at 64 entries, no slower). oneDNN reads the setting when it builds its first kernel,
-    so this must run before any model computes (sft calls it before building anything).
+    batches every batch width is a new shape: MiniLM on SST-2 (bf16) holds ~110 MB more at its peak with the default
+    than with 64 entries, and trains ~8% faster (bench/README.md), so sft leaves the default unless asked. oneDNN
+    reads the setting when it builds its first kernel, so this must run before any model computes (sft calls it
+    before building anything).
     """
     if capacity < 0:
         raise ConfigError(f"onednn_primitive_cache_capacity={capacity}: must be >= 0 (null: oneDNN's default, 1024).")

@@ -60,8 +60,7 @@ class LastCheckpoint(Checkpoint):
             return
         if trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        if trainer.is_global_zero:  # the file it described is being replaced
-            finished_marker(self.path).unlink(missing_ok=True)
+            finished_marker(self.path).unlink(missing_ok=True)  # the state it described is being replaced
         same = self._saved_in_this_validation(trainer) if link_new_best else None
         linked = trainer.strategy.broadcast(bool(same and trainer.is_global_zero and hard_link(same, self.path)))
         if not linked:  # atomic: the checkpoint IO (sft's, and Lightning's own) writes a temporary file and renames it
@@ -131,6 +130,8 @@ class LastCheckpoint(Checkpoint):
 
 
 FIT_FINISHED_KEY = "sft_fit_finished"
+SHOULD_STOP_KEY = "sft_should_stop"
+EPOCHS_KEY = "sft_epochs_trained"
 
 
 def finished_marker(last_checkpoint: Path) -> Path:
@@ -150,8 +151,6 @@ def read_finished(checkpoint_path: Path, checkpoint: dict) -> dict | None:
     if marker.get("global_step") != checkpoint.get("global_step"):
         return None  # describes another state (stale)
     return {**checkpoint, FIT_FINISHED_KEY: True, EPOCHS_KEY: marker.get(EPOCHS_KEY, checkpoint.get("epoch"))}
-SHOULD_STOP_KEY = "sft_should_stop"
-EPOCHS_KEY = "sft_epochs_trained"
 
 
 def epochs_trained(trainer: L.Trainer) -> int:

@@ -61,12 +61,12 @@ ONEDNN_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 
 
 def limit_onednn_cache(capacity: int) -> bool:
-    """Cap oneDNN's cache of compiled CPU kernels (bf16 / fp32 matmuls and convolutions) at ``capacity`` entries.
+    """Cap oneDNN's cache of compiled CPU kernels (bf16 matmuls, convolutions) at ``capacity`` entries.
     Returns False where ``$ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is already set (the environment wins).
 
     oneDNN keeps up to 1024 of them, one set per input shape, each with its own scratch memory. With length-grouped
-    batches every batch width is a new shape: MiniLM on SST-2 (bf16) holds ~110 MB more at its peak with the default
-    than with 64 entries, and trains ~8% faster (bench/README.md), so sft leaves the default unless asked. oneDNN
+    batches every batch width is a new shape: MiniLM on SST-2 (bf16) holds ~140 MB more at its peak with the default
+    than with 64 entries, and trains ~7% faster (bench/README.md), so sft leaves the default unless asked. oneDNN
     reads the setting when it builds its first kernel, so this must run before any model computes (sft calls it
     before building anything).
     """

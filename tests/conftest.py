@@ -38,19 +38,23 @@ def minilm_path() -> str:
     return packaged_minilm_path()
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
-    """A 2-layer, 32-wide BERT with MiniLM's real WordPiece tokenizer, saved with save_pretrained."""
+def save_small_bert(folder: Path, minilm_path: str, hidden_size: int = 32, num_hidden_layers: int = 2) -> str:
+    """A small random BERT with MiniLM's real WordPiece tokenizer (vocabulary 30522), saved with save_pretrained."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(vocab_size=30522, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
     BertModel(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
+    """A 2-layer, 32-wide BERT with MiniLM's real WordPiece tokenizer, saved with save_pretrained."""
+    return save_small_bert(tmp_path_factory.mktemp("tiny_bert"), minilm_path)
 
 
 @pytest.fixture(scope="package")

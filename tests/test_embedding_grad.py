@@ -87,16 +87,10 @@ def test_only_embeddings_large_enough_to_be_mmapped_are_changed(stock_model) -> 
 
 @pytest.fixture(scope="module")
 def wide_bert(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
-    """A 1-layer BERT whose word embedding (30522 x 144) is above MIN_ELEMENTS, with MiniLM's tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    """A 1-layer BERT whose word embedding (30522 x 144) is above MIN_ELEMENTS."""
+    from tests.conftest import save_small_bert
 
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("wide_bert")
-    config = BertConfig(vocab_size=30522, hidden_size=144, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(folder)
-    return str(folder)
+    return save_small_bert(tmp_path_factory.mktemp("wide_bert"), minilm_path, hidden_size=144, num_hidden_layers=1)
 
 
 class EmbeddingGradSpy(L.Callback):

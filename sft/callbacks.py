@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
+from sft.cache import atomic_write_text
 from sft.checkpoint_io import hard_link
 from sft.data.batching import training_position
 from sft.errors import ConfigError
@@ -111,10 +111,8 @@ class LastCheckpoint(Checkpoint):
         # last.ckpt already holds the final weights and optimizer state (saved at this step, usually after the
         # final validation): a small marker beside it says the fit is over, instead of a second full write.
         if trainer.is_global_zero:
-            marker = finished_marker(self.path)
-            tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"global_step": trainer.global_step, EPOCHS_KEY: epochs_trained(trainer)}))
-            tmp.replace(marker)
+            atomic_write_text(finished_marker(self.path),
+                              json.dumps({"global_step": trainer.global_step, EPOCHS_KEY: epochs_trained(trainer)}))
         trainer.strategy.barrier("sft_fit_finished_marker")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 
+from sft.cache import atomic_save
+
 
 class StreamingCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local saves stream to disk. It remembers the last file it wrote (``last_saved``:
@@ -32,7 +34,7 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not _is_local_file_protocol(path):
             super().save_checkpoint(checkpoint, path, storage_options)
         else:
-            atomic_torch_save(checkpoint, Path(path))
+            atomic_save(checkpoint, Path(path))
         self.saves += 1
         self.last_saved = SavedCheckpoint(Path(path), checkpoint.get("global_step"), "optimizer_states" in checkpoint,
                                           self.saves)
@@ -54,21 +56,6 @@ class SavedCheckpoint:
     global_step: int | None
     full: bool  # holds the optimizer state (not weights only)
     number: int  # how many saves this IO had made, this one included
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save(obj, path)`` through a temporary file in the same folder and one ``os.replace``."""
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def hard_link(source: Path, target: Path) -> bool:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sft.cache import atomic_write_text
 from sft.report.figures import STYLE
 from sft.report.htmlparts import MISSING, box, esc, how, is_num, num, table
 from sft.report.registry import page_sections, section_module
@@ -109,8 +110,8 @@ def write(report: dict[str, Any], folder: Path) -> tuple[Path, Path]:
     json_text = json.dumps(data, indent=2, allow_nan=False)
     html_text = render(report)
     html_path, json_path = folder / "report.html", folder / "report.json"
-    _write_text(json_path, json_text + "\n")
-    _write_text(html_path, html_text)
+    atomic_write_text(json_path, json_text + "\n")
+    atomic_write_text(html_path, html_text)
     return html_path, json_path
 
 
@@ -145,12 +146,6 @@ def _jsonable(value: Any, drop_private: bool, path: str = "report") -> Any:
             return _jsonable(plain, drop_private, path)
     raise TypeError(f"{path} is a {type(value).__name__}, which is not JSON-able; "
                     "sections must return plain numbers, strings, lists and dicts")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- sections

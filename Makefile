@@ -38,7 +38,7 @@ test-all: install ## Run every test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install ## Lint: ruff, and import-linter contracts (pyproject.toml: layers, no cycle, no Hydra below the pipeline)
-	$(VENV)/bin/ruff check sft tests bench
+	$(VENV)/bin/ruff check sft tests bench hydra_plugins
 	$(VENV)/bin/lint-imports
 
 bench: install ## Benchmarks: text (vs HF Trainer, plain loop), images (vs plain loop), cached probe

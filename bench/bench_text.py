@@ -41,7 +41,7 @@ from harness import fmt
 HERE = Path(__file__).resolve().parent
 DEFAULT_SST2 = harness.SHARED_DATA / "sst2"
 ALL_PEERS = ("plain", "plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft", "sft_random_batches",
-             "sft_torch_dropout", "sft_dense_embedding_grad", "sft_onednn_cache_64")
+             "sft_torch_dropout", "sft_dense_embedding_grad", "sft_onednn_cache_64", "sft_lora", "sft_lora_lr1e3", "sft_lora_all")
 DEFAULT_PEERS = ("plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft")
 
 SEED = 0
@@ -49,7 +49,12 @@ MAX_LENGTH = 64
 BATCH_SIZE = 32
 LR = 5e-5
 WEIGHT_DECAY = 0.0  # HF Trainer's default; set explicitly for plain and sft so all peers match
-EPOCHS = 1
+EPOCHS = 1  # --epochs
+
+
+def set_epochs(epochs: int) -> None:
+    global EPOCHS
+    EPOCHS = epochs
 THREADS = 2
 
 
@@ -320,7 +325,13 @@ def sft_data(args: argparse.Namespace, work: Path) -> list[str]:
 SFT_ABLATIONS = {"sft_torch_dropout": (["+model.fast_cpu_dropout=false"], "torch's nn.Dropout"),
                  "sft_dense_embedding_grad": (["+model.embedding_grad_buffer=false"],
                                               "a fresh embedding gradient every step"),
-                 "sft_onednn_cache_64": (["onednn_primitive_cache_capacity=64"], "oneDNN's kernel cache capped at 64")}
+                 "sft_onednn_cache_64": (["onednn_primitive_cache_capacity=64"], "oneDNN's kernel cache capped at 64"),
+                 # not levers but a strategy (README, LoRA): r=8 on query / value with its default lr 5e-4
+                 # (conf/freeze/lora.yaml); the same at lr 1e-3; r=8 on every Linear of the encoder
+                 "sft_lora": (["freeze=lora"], "LoRA r=8 on query/value (peft), lr 5e-4"),
+                 "sft_lora_lr1e3": (["freeze=lora", "optimizer.lr=1e-3"], "LoRA r=8 on query/value, lr 1e-3"),
+                 "sft_lora_all": (["freeze=lora", "freeze.target_modules=[query,key,value,dense]"],
+                                  "LoRA r=8 on every encoder Linear, lr 5e-4")}
 
 
 def peer_sft(args: argparse.Namespace, group_by_length: bool, ablation: str | None = None) -> dict[str, Any]:
@@ -330,7 +341,7 @@ def peer_sft(args: argparse.Namespace, group_by_length: bool, ablation: str | No
     overrides = [
         *sft_data(args, work),
         f"++data.group_by_length={'true' if group_by_length else 'false'}",
-        f"optimizer.lr={LR}",
+        *([] if (ablation or "").startswith("sft_lora") else [f"optimizer.lr={LR}"]),
         f"optimizer.weight_decay={WEIGHT_DECAY}",
         "scheduler=linear",
         "scheduler.warmup_ratio=0.0",
@@ -348,8 +359,10 @@ def peer_sft(args: argparse.Namespace, group_by_length: bool, ablation: str | No
     overrides += SFT_ABLATIONS[ablation][0] if ablation else []
     metrics = train(harness.compose_sft(overrides, show=True))
     timing = harness.timer_summary()
+    last = work / "run" / "checkpoints" / "last.ckpt"
     return {**timing, "dev_acc": metrics["test/acc"], "fit_seconds": metrics.get("fit/seconds"),
-            "val_acc": metrics.get("val/acc"),
+            "val_acc": metrics.get("val/acc"), "trainable_share": metrics["params/trainable"] / metrics["params/total"],
+            "ckpt_mib": last.stat().st_size / 2**20 if last.is_file() else None,
             "notes": f"{'length-grouped' if group_by_length else 'random'} batches, fused AdamW, "
                      f"{SFT_ABLATIONS[ablation][1] + ', ' if ablation else ''}"
                      f"{timing['n_ckpt']} ckpt writes ({timing['ckpt_s']:.1f}s, in train s)"}
@@ -436,7 +449,7 @@ def run_child(args: argparse.Namespace) -> int:
 
 
 def run_peer(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    peer_args = ["--train-rows", str(args.train_rows), "--sst2-dir", str(args.sst2_dir),
+    peer_args = ["--train-rows", str(args.train_rows), "--epochs", str(args.epochs), "--sst2-dir", str(args.sst2_dir),
                  "--workdir", str(workdir / name), "--val-rows", str(args.val_rows)]
     if args.dev_rows is not None:
         peer_args += ["--dev-rows", str(args.dev_rows)]
@@ -609,7 +622,7 @@ def run_parent(args: argparse.Namespace) -> int:
     }
     table = markdown_table(results, flops)
     print()
-    print(f"SST-2, first {args.train_rows} train rows, dev {dev_n} rows, MiniLM-L6, 1 epoch, "
+    print(f"SST-2, first {args.train_rows} train rows, dev {dev_n} rows, MiniLM-L6, {EPOCHS} epoch(s), "
           f"batch {BATCH_SIZE}, max_len {MAX_LENGTH}, {THREADS} threads; CPU flags {harness.cpu_flags_summary()}; "
           f"bf16 on CPU: {'yes' if bf16_here else 'no (fp32 everywhere)'}"
           f"{'' if args.cpu_bf16 == 'auto' else f' (forced by --cpu-bf16 {args.cpu_bf16})'}"
@@ -645,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default=None,
                    help="JSON results (default bench/results_text.json; bench/results_text_quick.json with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: 256 train rows, first 128 dev rows")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"epochs every peer trains (default {EPOCHS})")
     p.add_argument("--repeats", type=int, default=1,
                    help="rounds of all peers, interleaved; the table shows each peer's median run and its speed "
                         "ratios as medians of within-round ratios (default 1)")
@@ -670,6 +684,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--train-rows must be >= 1")
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if args.epochs < 1:
+        p.error("--epochs must be >= 1")
+    set_epochs(args.epochs)
 
     return harness.dispatch(args, "sft-bench-", run_child, run_parent)
 

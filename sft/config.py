@@ -36,10 +36,19 @@ def probe_lr(optimizer_target: str) -> float:
     return PROBE_LR.get(str(optimizer_target), 1e-3)
 
 
+# Learning rate of LoRA adapters (freeze=lora), per optimizer.
+LORA_LR = {"torch.optim.AdamW": 5e-4, "torch.optim.Adam": 5e-4, "torch.optim.SGD": 1e-2}
+
+
+def lora_lr(optimizer_target: str) -> float:
+    return LORA_LR.get(str(optimizer_target), 5e-4)
+
+
 # ${metric_mode:val/loss} -> min (ModelCheckpoint, EarlyStopping); ${metric_direction:val/acc} -> maximize (Optuna).
 OmegaConf.register_new_resolver("metric_mode", metric_mode, replace=True)
 OmegaConf.register_new_resolver("metric_direction", lambda m: metric_mode(m) + "imize", replace=True)
 OmegaConf.register_new_resolver("probe_lr", probe_lr, replace=True)
+OmegaConf.register_new_resolver("lora_lr", lora_lr, replace=True)
 OmegaConf.register_new_resolver("gpu_count", gpu_count, replace=True)  # hydra/launcher=gpu_pool
 
 # The metric a task is judged by (data.metric, the default optimized_metric): by task type, or by GLUE task

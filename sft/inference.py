@@ -18,7 +18,7 @@ import torch
 from sft.data.batching import PadCollator, length_batches
 from sft.data.encoding import unlabelled_examples
 from sft.errors import ConfigError
-from sft.export import THRESHOLDS_FILE
+from sft.export import ONNX_FILE, THRESHOLDS_FILE, require_onnx
 from sft.rundir import CALIBRATION_FILE, is_export_dir, run_dir_of
 
 
@@ -124,12 +124,20 @@ def resolve_model_path(path: str | Path) -> Path:
     return p
 
 
-def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
+BACKENDS = ("torch", "onnx")
+
+
+def load_model(path: str | Path, backend: str = "torch") -> tuple[Any, dict[str, Any]]:
     """``(classifier in eval mode, data inputs)`` from an export folder, a run folder or an sft checkpoint.
 
     The data inputs are what the model's DataModule needs to feed it: ``{"tokenizer": ...}`` for text,
-    ``{"preprocess": {...}}`` (resize, crop, normalisation) for images.
+    ``{"preprocess": {...}}`` (resize, crop, normalisation) for images. ``backend="onnx"``: the export's
+    ``model.onnx`` run by onnxruntime (:class:`OnnxClassifier`), with the same data inputs.
     """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}.")
+    if backend == "onnx":
+        return load_onnx_model(path)
     p = resolve_model_path(path)
     if p.is_dir() and (p / "model.json").is_file():
         from sft.models.vision import ImageClassifier
@@ -145,22 +153,96 @@ def load_model(path: str | Path) -> tuple[Any, dict[str, Any]]:
     from sft.models.classifier import TextClassifier
 
     if p.is_dir():
-        config = json.loads((p / "config.json").read_text())
-        id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
-        labels_file = p / "labels.json"
-        task = json.loads(labels_file.read_text()).get("task") if labels_file.is_file() else None
+        id2label, task = _text_export_labels(p)
         model = TextClassifier(str(p), num_labels=len(id2label), id2label=id2label, task=task,
                                head_bias="library").eval()  # trained: its head stays as saved
-        thresholds = p / THRESHOLDS_FILE
-        if getattr(model, "thresholds", None) is not None and thresholds.is_file():
-            saved = json.loads(thresholds.read_text())["thresholds"]
-            model.thresholds.copy_(torch.tensor([float(saved[name]) for name in model.task.label_names]))
+        thresholds = _saved_thresholds(p, model.task)
+        if getattr(model, "thresholds", None) is not None and thresholds is not None:
+            model.thresholds.copy_(thresholds)
         return model, {"tokenizer": load_tokenizer(str(p))}
     model = TextClassifier.from_checkpoint(str(p))
     # The tokenizer: the run's export/ when present, else where the model came from.
     run_export = p.parent.parent / "export"
     tokenizer_source = run_export if (run_export / "tokenizer_config.json").is_file() else model.hparams.name_or_path
     return model, {"tokenizer": load_tokenizer(str(tokenizer_source))}
+
+
+def _text_export_labels(folder: Path) -> tuple[dict[int, str], dict[str, Any] | None]:
+    """``(id2label, task spec or None)`` of a text export folder (config.json, labels.json)."""
+    config = json.loads((folder / "config.json").read_text())
+    id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
+    labels_file = folder / "labels.json"
+    return id2label, json.loads(labels_file.read_text()).get("task") if labels_file.is_file() else None
+
+
+def _saved_thresholds(folder: Path, task: Any) -> torch.Tensor | None:
+    """A multi-label export's decision thresholds (thresholds.json), in the task's label order; None without."""
+    path = folder / THRESHOLDS_FILE
+    if task.kind != "multi_label" or not path.is_file():
+        return None
+    saved = json.loads(path.read_text())["thresholds"]
+    return torch.tensor([float(saved[name]) for name in task.label_names])
+
+
+class OnnxClassifier:
+    """An export's ``model.onnx`` run by onnxruntime on the CPU, with what :func:`outputs` and ``sft.predict`` ask of
+    a classifier (``task``, ``modality``, ``thresholds``, ``logits(batch)``, eval mode): the same batches, the same
+    post-processing, only the forward differs."""
+
+    training = False  # an ONNX graph is an inference graph: no dropout, nothing to switch
+    device = torch.device("cpu")
+
+    def __init__(self, path: Path, task: Any, modality: str, thresholds: torch.Tensor | None = None):
+        import onnxruntime
+
+        self.path, self.task, self.modality, self.thresholds = path, task, modality, thresholds
+        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def eval(self) -> OnnxClassifier:
+        return self
+
+    def train(self, mode: bool = True) -> OnnxClassifier:
+        return self
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        import numpy as np
+
+        feed = {}
+        for name in self.input_names:
+            value = batch.get(name)
+            if value is None and name == "token_type_ids":  # single texts carry none: zeros, the model's default
+                value = torch.zeros_like(batch["input_ids"])
+            if value is None:
+                raise ConfigError(f"{self.path} takes {name!r}, which these inputs do not have (they have "
+                                  f"{sorted(batch)}): is it the export of another kind of model?")
+            feed[name] = np.ascontiguousarray(value.cpu().numpy())
+        return torch.from_numpy(self.session.run(["logits"], feed)[0])
+
+
+def load_onnx_model(path: str | Path) -> tuple[OnnxClassifier, dict[str, Any]]:
+    """``(OnnxClassifier, data inputs)`` from a run folder or its export folder holding ``model.onnx``."""
+    from sft.tasks import task_from_dict
+
+    require_onnx("The onnx backend")
+    p = resolve_model_path(path)
+    if not (p.is_dir() and is_export_dir(p)):
+        raise ConfigError(f"The onnx backend runs an export's {ONNX_FILE}, and {str(path)!r} has no export/ (only "
+                          f"{p.name}): use the torch backend, or train with the export on (the default).")
+    onnx_file = p / ONNX_FILE
+    if not onnx_file.is_file():
+        raise ConfigError(f"No {ONNX_FILE} in {p}: write it with `python -m sft.export {path} --format onnx` (or train "
+                          "with export.onnx=true), or use the torch backend.")
+    if (p / "model.json").is_file():
+        info = json.loads((p / "model.json").read_text())
+        return OnnxClassifier(onnx_file, task_from_dict(None, info["label_names"]), "image"), {
+            "preprocess": info["preprocess"]}
+    from sft.models.backbones import load_tokenizer
+
+    id2label, spec = _text_export_labels(p)
+    task = task_from_dict(spec, [id2label[i] for i in range(len(id2label))])
+    return (OnnxClassifier(onnx_file, task, "text", _saved_thresholds(p, task)),
+            {"tokenizer": load_tokenizer(str(p))})
 
 
 def calibration_temperature(path: str | Path) -> float:

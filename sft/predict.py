@@ -1,4 +1,5 @@
-"""``python -m sft.predict MODEL [--input FILE|FOLDER|-] [--output FILE]``: labels and class probabilities.
+"""``python -m sft.predict MODEL [--input FILE|FOLDER|-] [--output FILE] [--backend torch|onnx]``: labels and class
+probabilities.
 
 Text models: a .txt file (one text per line), a .csv / .tsv / .jsonl file (``--text-column``), or stdin
 (one text per line). Image models: an image file, a folder (its images, recursively, in sorted order),
@@ -8,6 +9,7 @@ suffix (``--format`` for stdout).
 
     echo "a gripping, beautifully acted film" | python -m sft.predict outputs/runs/<run>
     python -m sft.predict outputs/runs/<image run> --input photos/ --output predictions.csv
+    python -m sft.predict outputs/runs/<run> --backend onnx --input texts.txt   # onnxruntime on export/model.onnx
 """
 
 from __future__ import annotations
@@ -147,11 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--calibrated", action="store_true", help="divide logits by the temperature the report "
                         "fitted on the validation split (calibration.json), for calibrated probabilities")
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch (default), or onnx: the "
+                        "export's model.onnx run by onnxruntime (`python -m sft.export MODEL --format onnx` writes it)")
     args = parser.parse_args(argv)
     from sft.inference import calibration_temperature, load_model
 
     temperature = calibration_temperature(args.model) if args.calibrated else 1.0
-    model, inputs = load_model(args.model)
+    model, inputs = load_model(args.model, backend=args.backend)
     pair_column = args.text_pair_column or ("text_pair" if model.task.pair else None)
     items = (read_image_paths(args.input) if model.modality == "image"
              else read_texts(args.input, args.text_column, args.encoding, pair_column))

@@ -99,17 +99,20 @@ def parallel_sweep_dir() -> Path | None:
 
 # The configs Hydra plugins bring -> their pip package (Hydra's "Could not find" names the config, not the package).
 PLUGIN_CONFIGS = {
-    "hydra/sweeper/optuna": "hydra-optuna-sweeper",
     "hydra/launcher/submitit_slurm": "hydra-submitit-launcher",
     "hydra/launcher/submitit_local": "hydra-submitit-launcher",
     "hydra/launcher/joblib": "hydra-joblib-launcher",
 }
+# sft's own sweepers (their configs ship with sft) -> the module they need and its pip requirement.
+SWEEPER_PACKAGES = {"hydra_plugins.sft_optuna_sweeper.OptunaSweeper": ("optuna", "optuna>=4")}
 
 
 def missing_plugin(argv: list[str]) -> str | None:
-    """An error naming the pip package when the command line picks a launcher / sweeper whose Hydra plugin is not
-    installed: the config groups of the command line are composed, and Hydra's own "Could not find" error for a
-    plugin's config is turned into the package to install."""
+    """An error naming the pip package when the command line picks a launcher / sweeper whose Hydra plugin (or, for
+    sft's own sweeper, its library) is not installed: the config groups of the command line are composed, and
+    Hydra's own "Could not find" error for a plugin's config is turned into the package to install."""
+    import importlib.util
+
     from hydra.errors import MissingConfigException
 
     groups = [arg for arg in argv if not arg.startswith("-") and "=" in arg and "," not in arg
@@ -121,7 +124,12 @@ def missing_plugin(argv: list[str]) -> str | None:
 
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            compose("config", overrides=groups, return_hydra_config=True)
+            cfg = compose("config", overrides=groups, return_hydra_config=True)
+        module, requirement = SWEEPER_PACKAGES.get(str(cfg.hydra.sweeper.get("_target_")), (None, None))
+        if module and importlib.util.find_spec(module) is None:
+            return (f"{' '.join(chosen)} needs {module}, which is not installed. Install it with "
+                    f"`pip install '{requirement}'` (or every sweep plugin: `pip install -e '.[sweep]'` in the sft "
+                    "checkout).")
     except MissingConfigException as e:
         for config, package in PLUGIN_CONFIGS.items():
             if f"'{config}'" in str(e):

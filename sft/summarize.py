@@ -7,10 +7,10 @@ end of a multirun.
 
 Only files are read, no model: per job folder (``0/``, ``1/``, ...) ``.hydra/overrides.yaml`` (what the job
 changed), ``metrics.json`` (written last by a finished run), ``run.json`` (written when training starts) and
-``config.yaml``. A job's status is ``ok`` (metrics.json), ``unfinished`` (run.json but no metrics.json: it
-started training and then crashed, was killed, or is still running) or ``failed`` (neither: it stopped before
-training, e.g. on a bad setting). A *configuration* is a job's overrides without ``seed=``: jobs that differ only
-in the seed are repeats of one configuration.
+``config.yaml``. A job's status is ``ok`` (metrics.json), ``pruned`` (an Optuna trial its pruner stopped:
+``pruned.json``), ``unfinished`` (run.json but no metrics.json: it started training and then crashed, was killed,
+or is still running) or ``failed`` (neither: it stopped before training, e.g. on a bad setting). A *configuration*
+is a job's overrides without ``seed=``: jobs that differ only in the seed are repeats of one configuration.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ from sft.errors import ConfigError, DataError, SftError, command_line
 from sft.report.figures import mpl_text  # a `$` in an override value would otherwise start mathtext
 from sft.report.stability import PREFERRED_ORDER, SKIPPED_PREFIXES, metric_stats, natural_key, read_metrics
 from sft.rundir import metric_mode
+from sft.sweeper import TRIAL_KEY
 
 log = logging.getLogger(__name__)
 
-OK, UNFINISHED, FAILED = "ok", "unfinished", "failed"
+OK, UNFINISHED, FAILED, PRUNED = "ok", "unfinished", "failed", "pruned"
+PRUNED_FILE = "pruned.json"  # = sft.sweep_pruning.PRUNED_FILE, written by a pruned trial (not imported: it loads Lightning)
 MODES = ("max", "min")
 DEFAULT_METRIC = "val/acc"
 SEED_KEY = "seed"
@@ -88,6 +90,7 @@ def _first_start(run: Path) -> str | None:
 def _read_job(folder: Path) -> dict[str, Any]:
     loaded = _read_yaml(folder / ".hydra" / "overrides.yaml")
     overrides = [str(item) for item in loaded] if isinstance(loaded, list) else []
+    overrides = [o for o in overrides if override_key(o) != TRIAL_KEY]  # the Optuna sweeper's note to the job
     values = parse_overrides(overrides)
     metrics: dict[str, float] = {}
     error = None
@@ -97,7 +100,7 @@ def _read_job(folder: Path) -> dict[str, Any]:
         except DataError as e:  # one corrupt file must not hide the other jobs of the sweep
             status, error = FAILED, str(e)
     else:
-        status = UNFINISHED if (folder / "run.json").is_file() else FAILED
+        status = PRUNED if (folder / PRUNED_FILE).is_file() else UNFINISHED if (folder / "run.json").is_file() else FAILED
     seed = values.get(SEED_KEY)
     if seed is None:  # not swept: the config's own seed
         config = _read_yaml(folder / "config.yaml") or _read_yaml(folder / ".hydra" / "config.yaml")
@@ -222,9 +225,15 @@ def summarize(sweep_dir: str | Path, metric: str | None = None, mode: str | None
         # The sweeper's direction is about the metric it optimized, not about another one asked for.
         mode = (sweeper_mode(sweep) if metric is None else None) or metric_mode(chosen)
     return {"folder": str(sweep), "metric": chosen, "mode": mode, "rows": rows,
-            "counts": {status: sum(row["status"] == status for row in rows) for status in (OK, UNFINISHED, FAILED)},
+            "counts": status_counts(rows),
             "best": best_run(rows, chosen, mode), "groups": configuration_groups(rows),
             "shared_overrides": shared_overrides(rows), "metric_keys": ordered_metric_keys(finished)}
+
+
+def status_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Jobs per status; ``pruned`` only in a search that pruned trials."""
+    counts = {status: sum(row["status"] == status for row in rows) for status in (OK, UNFINISHED, FAILED, PRUNED)}
+    return {status: n for status, n in counts.items() if status != PRUNED or n}
 
 
 # ---------------------------------------------------------------------- Markdown and CSV
@@ -265,8 +274,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
                     if not k.startswith(SKIPPED_PREFIXES)]  # sizes and timings: run time has its own column
     shown = outcome_keys[:MAX_MARKDOWN_METRICS]
     lines = [f"# Sweep summary: {summary['folder']}", "",
-             f"{len(rows)} jobs: {counts[OK]} ok, {counts[UNFINISHED]} unfinished, {counts[FAILED]} failed. "
-             f"Best by {metric} ({mode})."]
+             f"{len(rows)} jobs: {counts[OK]} ok, {counts[UNFINISHED]} unfinished, {counts[FAILED]} failed"
+             + (f", {counts[PRUNED]} pruned" if PRUNED in counts else "") + f". Best by {metric} ({mode})."]
     if summary["shared_overrides"]:
         lines.append(f"Overrides shared by every job: {_code(' '.join(summary['shared_overrides']))}.")
     if len(outcome_keys) > len(shown):

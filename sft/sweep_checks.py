@@ -7,8 +7,9 @@ composed once, with the sweep's fixed overrides and the first value of every oth
 job would be, and passed through :func:`sft.pipeline.checks.check_config`.
 
 :class:`SweepChecks` runs it as a Hydra callback at the start of every multirun (registered in
-``conf/config.yaml``); it also registers sft's resumable Optuna sweeper (:mod:`sft.sweeper`) when the config
-asks for it.
+``conf/config.yaml``). When the config asks for sft's Optuna sweeper (:mod:`sft.sweeper`) it also checks the
+sweeper's settings (direction, sampler, pruner, the search space as Optuna reads it) and registers the sweeper in
+Hydra's plugin registry, which Hydra reads right after this callback.
 """
 
 from __future__ import annotations
@@ -106,13 +107,26 @@ def check_ranks_in_sweep(cfg: DictConfig, sweep_config: DictConfig) -> None:
 def check_sweep(config: DictConfig) -> int:
     """Raise :class:`ConfigError` for a sweep with a missing key, a bad value or an invalid range; returns
     how many job configs were composed and checked."""
+    check_ranks_in_sweep(config, config)
+    fixed, sweeps = swept(config)
+    checked = _check_values(config, fixed, sweeps) if sweeps else 0
+    if is_optuna_search(config):  # after the values, whose messages name the value that is wrong
+        from sft.sweeper import check_settings
+
+        check_settings(config.hydra.sweeper, list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False)))
+    return checked
+
+
+def is_optuna_search(config: DictConfig) -> bool:
+    from sft.sweeper import PLUGIN_TARGET
+
+    return OmegaConf.select(config, "hydra.sweeper._target_") == PLUGIN_TARGET
+
+
+def _check_values(config: DictConfig, fixed: list[str], sweeps: list[tuple[Any, str]]) -> int:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    check_ranks_in_sweep(config, config)
-    fixed, sweeps = swept(config)
-    if not sweeps:
-        return 0
     candidates = [(o, where, sweep_values(o, where)) for o, where in sweeps]
     firsts = {o.get_key_element(): values[0] for o, _, values in candidates if values}
     loader = GlobalHydra.instance().config_loader()
@@ -143,8 +157,7 @@ class SweepChecks(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            target = OmegaConf.select(config, "hydra.sweeper._target_") or ""
-            if target.startswith("hydra_plugins.sft."):
+            if is_optuna_search(config):
                 from sft.sweeper import register
 
                 register()

@@ -134,7 +134,7 @@ def tiny_export(tmp_path_factory, tiny_bert) -> Path:
     from sft.models.classifier import TextClassifier
 
     model = TextClassifier(tiny_bert, num_labels=2, id2label={0: "neg", 1: "pos"})
-    return export_text_model(model, AutoTokenizer.from_pretrained(tiny_bert), tmp_path_factory.mktemp("export"))
+    return export_text_model(model.model, AutoTokenizer.from_pretrained(tiny_bert), tmp_path_factory.mktemp("export"))
 
 
 @pytest.mark.parametrize("suffix, line", [(".csv", 3), (".jsonl", 2), (".txt", 2)])

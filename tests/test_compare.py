@@ -20,8 +20,8 @@ def test_compare_strategies_multirun_ends_in_a_table(tiny_bert, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| job | freeze | val/acc" in done.stdout  # printed at the end of the multirun
     rows = list(csv.DictReader((sweep / "strategies.csv").open()))
-    assert [r["freeze"] for r in rows] == ["none", "backbone", "bottom_k", "gradual", "sklearn"]
-    assert [r["status"] for r in rows] == ["ok"] * 5, rows
+    assert [r["freeze"] for r in rows] == ["none", "backbone", "bottom_k", "gradual", "lora", "sklearn"]
+    assert [r["status"] for r in rows] == ["ok"] * 6, rows
     for r in rows:  # the table holds each job's own val/acc
         job = json.loads((sweep / r["job"] / "metrics.json").read_text())
         assert float(r["val/acc"]) == pytest.approx(job["val/acc"], abs=1e-9), r
@@ -31,7 +31,8 @@ def test_compare_strategies_multirun_ends_in_a_table(tiny_bert, tmp_path):
     assert trainable["sklearn"] == 32 + 1  # binary logistic regression on 32-wide features
     assert trainable["backbone"] == 32 * 2 + 2  # the classifier only
     assert trainable["backbone"] < trainable["bottom_k"] < trainable["none"]  # bottom_k: + pooler
-    assert (sweep / "strategies.md").read_text().count("\n") == 2 + 5
+    assert trainable["backbone"] < trainable["lora"] < trainable["none"] / 100  # adapters + head + pooler
+    assert (sweep / "strategies.md").read_text().count("\n") == 2 + 6
 
 
 @pytest.mark.subprocess

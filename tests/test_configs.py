@@ -190,6 +190,11 @@ def test_freeze_options(compose_cfg, tiny_bert, option):
     if option == "none":
         assert trainable == {n for n, _ in model.named_parameters()}
         return
+    if option == "lora":  # adapters on query / value of each layer and the head's trained copy; the rest frozen
+        assert trainable and all(".lora_" in n or ".modules_to_save." in n for n in trainable), sorted(trainable)
+        assert sum(".lora_A." in n for n in trainable) == 2 * len(model.model.bert.encoder.layer)
+        assert cfg.optimizer.lr == 5e-4
+        return
     # backbone: the classifier only; bottom_k (k=2 of the tiny BERT's 2 layers) and gradual (at its start):
     # pooler + classifier, the head group above the blocks.
     allowed = ("model.classifier.",) if option in ("backbone", "sklearn") else ("model.classifier.", "model.bert.pooler.")
@@ -276,9 +281,15 @@ def test_launcher_presets_instantiate(option):
 
 @pytest.mark.parametrize("option", options("hparams_search"))
 def test_hparams_search_presets_take_the_direction_from_the_metric(option):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[sweep]'")
+    pytest.importorskip("optuna", reason="pip install -e '.[sweep]'")
+    from hydra.core.plugins import Plugins
+
+    from sft.sweeper import PLUGIN_TARGET, register
+
     cfg = _hydra_config(f"hparams_search={option}")
     assert cfg.hydra.sweeper.direction == "maximize" and cfg.hydra.sweeper.storage.endswith("/optuna.db")
+    register()  # what the sweep checks callback does before Hydra builds the sweeper: Hydra now knows the class
+    assert cfg.hydra.sweeper._target_ == PLUGIN_TARGET and PLUGIN_TARGET in Plugins.instance().class_name_to_class
     assert cfg.callbacks.model_checkpoint.mode == "max"
     cfg = _hydra_config(f"hparams_search={option}", "optimized_metric=val/loss")
     assert cfg.hydra.sweeper.direction == "minimize" and cfg.callbacks.model_checkpoint.mode == "min"

@@ -36,12 +36,16 @@ COMMON = ["trainer.max_epochs=3", "data.train_size=96", "data.batch_size=16", "o
           "trainer.precision=32", "report=none", "export=false"]
 
 
+FREEZE_OPTIONS = {"none": [], "gradual": ["freeze.milestones=[1,2,3]"],
+                  "lora": ["freeze.lora_dropout=0.0"]}  # no dropout: see no_dropout_bert
+
+
 @pytest.mark.ddp
-@pytest.mark.parametrize("freeze", ["none", "gradual"])
+@pytest.mark.parametrize("freeze", list(FREEZE_OPTIONS))
 def test_ddp_two_processes_match_the_single_process_run(compose_cfg, no_dropout_bert, tmp_path, freeze):
     def run(name: str, *extra: str) -> dict[str, float]:
         cfg = compose_cfg(f"model.name_or_path={no_dropout_bert}", f"output_dir={tmp_path / name}", *FAST, *COMMON,
-                          f"freeze={freeze}", *(["freeze.milestones=[1,2,3]"] if freeze == "gradual" else []), *extra)
+                          f"freeze={freeze}", *FREEZE_OPTIONS[freeze], *extra)
         return train(cfg)
 
     single = run("single", "torch_threads=1")

@@ -123,3 +123,29 @@ def test_a_cpu_fit_reuses_one_buffer_and_restores_the_embedding_afterwards(compo
     (model,) = EmbeddingGradSpy.model
     assert not model.model.bert.embeddings.word_embeddings.sparse  # back to a plain embedding after fit
     assert Path(tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+
+class FrozenEmbeddingSpy(L.Callback):
+    """Records, at every training batch, the word embedding's (sparse, requires_grad, has a gradient)."""
+
+    seen: list[tuple[bool, bool, bool]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        words = pl_module.model.bert.embeddings.word_embeddings
+        FrozenEmbeddingSpy.seen.append((words.sparse, words.weight.requires_grad, words.weight.grad is not None))
+
+
+@pytest.mark.parametrize("freeze", ["bottom_k", "lora", "backbone"])
+def test_a_fit_with_a_frozen_embedding_leaves_it_alone(compose_cfg, wide_bert, tmp_path, freeze) -> None:
+    """A frozen word embedding has no gradient to keep: the fit does not hook it (torch refuses a gradient hook on a
+    weight without gradient: freeze=backbone / bottom_k / lora crashed at fit start on any large model)."""
+    from tests.conftest import FAST
+
+    FrozenEmbeddingSpy.seen.clear()
+    metrics = train(compose_cfg(f"model.name_or_path={wide_bert}", f"output_dir={tmp_path / 'run'}", *FAST,
+                                "data.train_size=32", "data.batch_size=16", "export=false", f"freeze={freeze}",
+                                *(["freeze.k=1"] if freeze == "bottom_k" else []),
+                                "++callbacks.spy._target_=tests.test_embedding_grad.FrozenEmbeddingSpy"))
+    assert metrics["fit/global_step"] == len(FrozenEmbeddingSpy.seen) == 2
+    assert FrozenEmbeddingSpy.seen == [(False, False, False)] * 2

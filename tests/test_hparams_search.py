@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import FAST
 from tests.helpers import child_env, python
+from tests.taskdata import write_glue
 
 optuna = pytest.importorskip("optuna", reason="the sweep extra is not installed: pip install -e '.[sweep]'")
 
@@ -143,6 +144,21 @@ def test_sweep_checks_compose_every_swept_value(multirun_config):
      "optimizer.weight_decay=-1.0 must be a number >= 0"),
     (["trainer=ddp", "trainer.strategy=ddp", "seed=1,2"], "starts its ranks by re-running the command line"),
     (["trainer=fsdp", "seed=1,2"], "trainer.strategy=lightning.pytorch.strategies.FSDPStrategy starts its ranks"),
+    # The Optuna sweeper's own settings.
+    (["hparams_search=optuna_tpe", "hydra/sweeper/sampler=grid"],
+     "hydra/sweeper/sampler=grid needs finitely many values per key, and optimizer.lr=tag(log, interval(1e-5, 3e-4)) "
+     "is a continuous interval"),
+    (["hparams_search=optuna_tpe", "hydra.sweeper.sampler._target_=optuna.samplers.BestSampler"],
+     "hydra.sweeper.sampler._target_=optuna.samplers.BestSampler: optuna.samplers has no class BestSampler; choose "
+     "one of hydra/sweeper/sampler=tpe|random|grid|cmaes|gp"),
+    (["hparams_search=optuna_tpe", "hydra.sweeper.direction=up"], "hydra.sweeper.direction='up': choose maximize or minimize"),
+    (["hparams_search=optuna_tpe", "hydra.sweeper.pruner={_target_: optuna.pruners.EarlyPruner}"],
+     "hydra.sweeper.pruner._target_=optuna.pruners.EarlyPruner: optuna.pruners has no class EarlyPruner; choose one "
+     "of hydra/sweeper/pruner=median|successive_halving|hyperband (or null: no pruning)"),
+    (["hparams_search=optuna_tpe", "hydra/sweeper/pruner=median", "+hydra.sweeper.pruner.n_startup=1"],
+     "hydra.sweeper.pruner (optuna.pruners.MedianPruner): got an unexpected keyword argument 'n_startup'"),
+    (["hparams_search=optuna_tpe", "hydra.sweeper.max_failure_rate=2"], "hydra.sweeper.max_failure_rate=2 must be a fraction"),
+    (["hparams_search=optuna_tpe", "hydra.sweeper.params=null"], "The search has nothing to search"),
 ])
 def test_bad_sweeps_are_refused_with_the_key_and_the_fix(multirun_config, overrides, message):
     from sft.errors import ConfigError
@@ -163,3 +179,118 @@ def test_bad_sweep_stops_before_any_job_starts(tmp_path):
     assert out.returncode == 2
     assert "error: Sweep over optimizer.lrr" in out.stderr and "+optimizer.lrr" in out.stderr
     assert not any(p.is_dir() for p in sweep.glob("*"))  # no job folder
+
+
+# ---------------------------------------------------------------------- pruning
+@pytest.mark.subprocess
+@pytest.mark.multirun
+def test_a_hopeless_trial_is_pruned_early_and_the_search_goes_on(tiny_bert, tmp_path):
+    # A grid, so the trials are known, in the order the sampler's seed gives: lr 3e-3 (learns), 1e-7 (cannot: its
+    # val/loss stays at the start), 1e-3. The median pruner compares each trial with the completed first one.
+    data = write_glue(tmp_path / "sst2", "sst2", rows=40)  # the label is in the first word: learnable in steps
+    sweep = tmp_path / "search"
+    out = python(["-m", "sft.run", "hparams_search=optuna_tpe", "hydra/sweeper/sampler=grid",
+                  "hydra.sweeper.sampler.seed=5", "hydra.sweeper.params=null", "optimizer.lr=choice(3e-3,1e-7,1e-3)",
+                  "hydra/sweeper/pruner=median", "+hydra.sweeper.pruner.n_startup_trials=1",
+                  f"model.name_or_path={tiny_bert}", "data=glue", "data.task=sst2", f"data.path={data}",
+                  "optimized_metric=val/loss", f"hydra.sweep.dir={sweep}", *FAST, "trainer.max_epochs=4",
+                  "trainer.precision=32-true", "data.batch_size=8", "callbacks.early_stopping=null", "export=false",
+                  "test=false"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    trials = {t.params["optimizer.lr"]: t for t in _study(sweep).trials}
+    full, pruned = trials[3e-3], trials[1e-7]
+    assert (full.number, full.state.name, pruned.number, pruned.state.name) == (0, "COMPLETE", 1, "PRUNED")
+    assert trials[1e-3].state.is_finished()  # the search went on after the pruned trial
+    assert len(full.intermediate_values) == 4  # one report per validation, keyed by the optimizer step
+    assert pruned.last_step < full.last_step  # stopped before max_epochs
+    assert pruned.intermediate_values[pruned.last_step] > full.intermediate_values[pruned.last_step]
+    assert pruned.value == pruned.intermediate_values[pruned.last_step]  # Optuna keeps the last reported value
+    job = sweep / str(pruned.user_attrs["sft_job_num"])
+    marker = json.loads((job / "pruned.json").read_text())
+    assert marker["step"] == pruned.last_step and not (job / "metrics.json").exists()
+    assert "Trial 1 was pruned" in out.stdout + out.stderr
+    with (sweep / "summary.csv").open(newline="") as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert (rows["0"]["status"], rows["1"]["status"]) == ("ok", "pruned")
+    assert "optuna_trial" not in rows["1"]["overrides"]  # the sweeper's note to the job is not a setting
+
+
+# ---------------------------------------------------------------------- the sweeper's parts
+def _options(group: str) -> list[str]:
+    from sft.config import CONFIG_DIR
+
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("sampler", _options("hydra/sweeper/sampler"))
+def test_every_sampler_option_builds_and_proposes_from_the_search_space_with_the_runs_seed(multirun_config, sampler):
+    from sft.sweeper import build_sampler, check_settings
+
+    cfg = multirun_config("hparams_search=optuna_tpe", f"hydra/sweeper/sampler={sampler}", "hydra.sweeper.params=null",
+                          "optimizer.lr=choice(1e-5,3e-5,1e-4)", "data.batch_size=range(8,33,8)", "seed=7",
+                          "report=none", "hydra.sweep.dir=/tmp/x")
+    assert cfg.hydra.sweeper.sampler._target_.startswith("optuna.samplers.")
+    space = check_settings(cfg.hydra.sweeper, list(cfg.hydra.overrides.task))
+
+    def first_proposals():
+        study = optuna.create_study(sampler=build_sampler(cfg.hydra.sweeper.sampler, space), direction="maximize")
+        proposals = []
+        for _ in range(3):
+            trial = study.ask(space.distributions)
+            proposals.append(trial.params)
+            study.tell(trial, trial.params["data.batch_size"] * 1e3 * trial.params["optimizer.lr"])
+        return proposals
+
+    proposals = first_proposals()
+    assert type(build_sampler(cfg.hydra.sweeper.sampler, space)).__name__ == cfg.hydra.sweeper.sampler._target_.split(".")[-1]
+    for params in proposals:
+        assert params["optimizer.lr"] in (1e-5, 3e-5, 1e-4) and params["data.batch_size"] in (8, 16, 24, 32)
+    assert proposals == first_proposals()  # seeded from the run's seed: the same command proposes the same trials
+    if sampler == "grid":
+        assert len({tuple(p.values()) for p in proposals}) == 3 and space.grid_size() == 12  # no point twice
+
+
+@pytest.mark.parametrize("pruner", [None, *_options("hydra/sweeper/pruner")])
+def test_every_pruner_option_builds(multirun_config, pruner):
+    from sft.sweeper import build_pruner
+
+    cfg = multirun_config("hparams_search=optuna_tpe", *([f"hydra/sweeper/pruner={pruner}"] if pruner else []),
+                          "report=none", "hydra.sweep.dir=/tmp/x")
+    built = build_pruner(cfg.hydra.sweeper.pruner)
+    expected = cfg.hydra.sweeper.pruner._target_.split(".")[-1] if pruner else "NopPruner"  # not Optuna's default
+    assert type(built).__name__ == expected and isinstance(built, optuna.pruners.BasePruner)
+
+
+def test_the_search_space_syntax_becomes_optuna_distributions():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from sft.sweeper import search_space
+
+    space = search_space(["optimizer.lr=tag(log, interval(1e-5, 1e-3))", "optimizer.weight_decay=interval(0, 0.1)",
+                          "seed=range(1,5)", "data.batch_size=range(32,7,-8)", "x=range(0.5,2.0,0.5)",
+                          "model=bert,minilm", "y=choice('a b',1,true)", "trainer.max_epochs=2", "+foo=1", "~logger",
+                          "optimizer.weight_decay=interval(0.0, 0.01)"])  # a key given again: the later wins
+    d = space.distributions
+    assert d["optimizer.lr"] == FloatDistribution(1e-5, 1e-3, log=True)
+    assert d["optimizer.weight_decay"] == FloatDistribution(0.0, 0.01)
+    assert d["seed"] == IntDistribution(1, 4)  # Hydra's range excludes its stop
+    assert d["data.batch_size"] == IntDistribution(8, 32, step=8)  # 32, 24, 16, 8
+    assert d["x"] == FloatDistribution(0.5, 1.5, step=0.5)
+    assert d["model"] == CategoricalDistribution(["bert", "minilm"])
+    assert d["y"] == CategoricalDistribution(["a b", 1, True])
+    assert space.fixed == ["trainer.max_epochs=2", "+foo=1", "~logger"]  # as written, to every trial
+    grid = search_space(["data.batch_size=range(32,7,-8)", "x=range(0.5,2.0,0.5)", "model=bert,minilm"]).grid()
+    assert grid == {"data.batch_size": [8, 16, 24, 32], "x": [0.5, 1.0, 1.5], "model": ["bert", "minilm"]}
+
+
+def test_the_trial_note_to_the_job_reads_back_as_the_same_values():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from sft.sweeper import override_value
+
+    node = {"storage": "sqlite:////tmp/a b/it's/optuna.db", "study": "sft", "number": 3,
+            "pruner": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1, "x": None, "y": 1e-05,
+                       "z": True, "w": [1, "${x}"]}}
+    parsed = OverridesParser.create().parse_overrides([f"+optuna_trial={override_value(node)}"])[0]
+    assert OmegaConf.to_container(OmegaConf.create({"trial": parsed.value()}), resolve=True)["trial"] == node

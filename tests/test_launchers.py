@@ -85,21 +85,23 @@ def test_a_killed_job_releases_its_gpu(tmp_path):
         assert index == 0
 
 
-@pytest.mark.parametrize(("option", "package"), [("hydra/launcher=slurm", "hydra-submitit-launcher"),
-                                                 ("hydra/launcher=gpu_pool", "hydra-joblib-launcher"),
-                                                 ("hparams_search=optuna_random", "hydra-optuna-sweeper")])
+@pytest.mark.parametrize(("option", "module", "message", "install"), [
+    ("hydra/launcher=slurm", "hydra_plugins.hydra_submitit_launcher", "the Hydra plugin hydra-submitit-launcher",
+     "pip install hydra-submitit-launcher"),
+    ("hydra/launcher=gpu_pool", "hydra_plugins.hydra_joblib_launcher", "the Hydra plugin hydra-joblib-launcher",
+     "pip install hydra-joblib-launcher"),
+    ("hparams_search=optuna_random", "optuna", "optuna", "pip install 'optuna>=4'"),  # sft's own sweeper's library
+])
 @pytest.mark.subprocess
 @pytest.mark.multirun
-def test_launcher_plugin_not_installed_names_the_pip_package(tmp_path, option, package):
-    module = {"hydra-submitit-launcher": "hydra_submitit_launcher", "hydra-joblib-launcher": "hydra_joblib_launcher",
-              "hydra-optuna-sweeper": "hydra_optuna_sweeper"}[package]
-    # The plugin is made unimportable in this process only (sys.modules[name] = None means "not installed").
-    probe = (f"import sys, runpy; sys.modules['hydra_plugins.{module}'] = None; "
+def test_launcher_plugin_not_installed_names_the_pip_package(tmp_path, option, module, message, install):
+    # The package is made unimportable in this process only (sys.modules[name] = None means "not installed").
+    probe = (f"import sys, runpy; sys.modules['{module}'] = None; "
              f"sys.argv = ['sft.run', '-m', '{option}', 'seed=1,2']; runpy.run_module('sft.run', run_name='__main__')")
     out = python(["-c", probe], cwd=tmp_path)
     assert out.returncode == 2
-    assert f"needs the Hydra plugin {package}, which is not installed" in out.stderr
-    assert f"pip install {package}" in out.stderr
+    assert f"needs {message}, which is not installed" in out.stderr
+    assert install in out.stderr
     assert not Path(tmp_path, "outputs").exists()
 
 

@@ -9,7 +9,11 @@ import lightning as L
 import torch
 
 from sft.data.batching import TrainBatchSampler, distributed_rank, training_position
+from sft.errors import ConfigError
 from sft.tasks import Task, make_task
+
+SAMPLERS = {"random": "each epoch a seeded shuffle of the training split",
+            "balanced": "each epoch as many seeded draws with replacement, every class equally likely"}
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -43,11 +47,45 @@ class ClassificationDataModule(L.LightningDataModule):
         """What the labels are (:mod:`sft.tasks`); single-label unless the data says otherwise."""
         return make_task("single_label", self.label_names)
 
+    @property
+    def sampler_kind(self) -> str:
+        """``data.sampler``: ``random`` (a seeded shuffle per epoch) or ``balanced`` (see :meth:`sample_weights`).
+        A data module serving another one's data (probe=cached features) draws as that one does."""
+        kind = self.__dict__.get("sampler") or getattr(getattr(self, "source", None), "sampler", None)
+        return kind or "random"
+
+    def check_sampler(self) -> None:
+        """``data.sampler`` is a known one, and the task has classes to balance (before the model loads)."""
+        kind = self.sampler_kind
+        if kind not in SAMPLERS:
+            raise ConfigError(f"data.sampler={kind!r}: use {' or '.join(SAMPLERS)} "
+                              f"({'; '.join(f'{k}: {v}' for k, v in SAMPLERS.items())}).")
+        if kind == "balanced" and not self.task.has_classes:
+            self.task.sample_weights(torch.zeros(0))  # the task's own reason
+
+    def train_example_targets(self) -> torch.Tensor | None:
+        """One target per training example, as the balanced sampler weighs it (:meth:`train_targets`; a tagger's
+        data module gives each sentence's set of tags)."""
+        return self.train_targets()
+
+    def sample_weights(self) -> list[float] | None:
+        """Each training example's draw weight under ``data.sampler=balanced`` (every class drawn equally often;
+        label sets by their rarest label: :meth:`Task.sample_weights`); None for ``random``."""
+        self.check_sampler()
+        if self.sampler_kind == "random":
+            return None
+        targets = self.train_example_targets()
+        if targets is None:
+            raise ConfigError("data.sampler=balanced needs the training split's labels, which this data module "
+                              "does not give; use data.sampler=random.")
+        return self.task.sample_weights(targets).tolist()
+
     def make_train_sampler(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool,
                            drop_last: bool = False) -> TrainBatchSampler:
         rank, world_size = distributed_rank()  # loaders are built in each DDP process, after the group is up
         sampler = TrainBatchSampler(lengths, batch_size, seed, group_by_length=group_by_length, drop_last=drop_last,
-                                    rank=rank, world_size=world_size, epoch_fn=self._training_epoch)
+                                    rank=rank, world_size=world_size, epoch_fn=self._training_epoch,
+                                    weights=self.sample_weights())
         if self._resume_state is not None:
             sampler.resume_at(self._resume_state["epoch"], self._resume_state["batches_done"])
             self._resume_state = None

@@ -1,12 +1,14 @@
 """Batching for variable-length token sequences: pad at collate time, group by length for training.
 
 Length grouping (HF's ``group_by_length``): shuffle, cut into chunks of ``chunk_batches`` batches, sort
-each chunk by length, then shuffle the batches. SST-2 rows average 13 tokens but random batches of 32
+each chunk by length, then shuffle the batches. A balanced sampler (``data.sampler=balanced``) replaces the
+shuffle with a seeded weighted draw of the epoch's indices and length-groups that list the same way. SST-2 rows average 13 tokens but random batches of 32
 pad to 40; grouped batches pad to 14, which is most of the training speed-up.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -113,6 +115,12 @@ class TrainBatchSampler:
     ``resume_at(epoch, batches)`` makes that epoch start after its first ``batches`` batches, so a run resumed
     from a mid-epoch checkpoint sees exactly the batches an uninterrupted run would.
 
+    With ``weights`` (``data.sampler=balanced``) an epoch's order is not a permutation but as many draws as there
+    are examples, with replacement, index ``i`` drawn with probability ``weights[i] / sum(weights)``, from the same
+    (seed, epoch)-seeded generator; length grouping then works on that list (chunks sorted by length, batches
+    shuffled), so a balanced epoch is as cheap to pad as a shuffled one. Resume and DDP are unchanged: a resumed
+    epoch draws the same list and skips its done batches, and every rank draws the same list and takes its slice.
+
     Under DDP ``batch_size`` stays the *global* batch: every rank draws the same batches and trains on its
     slice of each (``rank::world_size``); DDP averages the gradients, so a step equals the single-process step
     on the whole batch, and the learning rate and schedule need no change when devices are added.
@@ -120,11 +128,17 @@ class TrainBatchSampler:
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True,
                  chunk_batches: int = 50, drop_last: bool = False, rank: int = 0, world_size: int = 1,
-                 epoch_fn: Callable[[], int] | None = None):
+                 epoch_fn: Callable[[], int] | None = None, weights: Sequence[float] | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in a world of {world_size} processes")
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if len(weights) != len(lengths) or any(not w >= 0 for w in weights) or not any(weights):
+                raise ValueError(f"weights: one non-negative draw weight per example ({len(lengths)}), not all 0")
+        # Weighted draws (data.sampler=balanced): the cumulative weights random.choices bisects.
+        self.cum_weights = list(itertools.accumulate(weights)) if weights is not None else None
         self.rank = rank
         self.world_size = world_size
         self.lengths = list(lengths)
@@ -150,8 +164,11 @@ class TrainBatchSampler:
 
     def batches(self, epoch: int) -> list[list[int]]:
         rng = random.Random(self.seed * 1_000_003 + epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
+        if self.cum_weights is None:
+            order = list(range(len(self.lengths)))
+            rng.shuffle(order)
+        else:  # as many draws as examples, with replacement, each index with probability weight / total
+            order = rng.choices(range(len(self.lengths)), cum_weights=self.cum_weights, k=len(self.lengths))
         bs = self.batch_size
         if not self.group_by_length:
             batches = [order[i : i + bs] for i in range(0, len(order), bs)]

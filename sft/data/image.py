@@ -68,7 +68,7 @@ class ImageDataModule(ClassificationDataModule):
 
     def __init__(self, source: Any, preprocess: dict[str, Any], batch_size: int = 32, augment: bool = True,
                  image_size: int | None = None, num_workers: int = 0, seed: int = 0,
-                 label_names: list[str] | None = None, eval_batch_size: int | None = None):
+                 label_names: list[str] | None = None, eval_batch_size: int | None = None, sampler: str = "random"):
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size!r} must be a positive integer.")
@@ -76,6 +76,7 @@ class ImageDataModule(ClassificationDataModule):
         self.batch_size, self.augment, self.num_workers, self.seed = batch_size, augment, num_workers, seed
         self.eval_batch_size = eval_batch_size or batch_size
         self.fixed_label_names = list(label_names) if label_names else None
+        self.sampler = sampler  # training draws: "random" or "balanced" (ClassificationDataModule.sample_weights)
         self.splits: Any = None
         self.datasets: dict[str, ImageDataset] = {}
 

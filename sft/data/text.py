@@ -99,6 +99,7 @@ class TextDataModule(ClassificationDataModule):
         seed: int = 0,
         label_names: list[str] | None = None,
         threshold: float | str = 0.5,
+        sampler: str = "random",
     ):
         super().__init__()
         if tokenizer is None:
@@ -121,6 +122,7 @@ class TextDataModule(ClassificationDataModule):
         self.seed = seed
         self.fixed_label_names = list(label_names) if label_names else None  # e.g. a trained model's order
         self.threshold = threshold  # multi-label decision threshold: a probability, "global" or "per_label"
+        self.sampler = sampler  # training draws: "random" or "balanced" (ClassificationDataModule.sample_weights)
         self.splits: TextSplits | None = None
         self._task: Task | None = None
         self.datasets: dict[str, TokenizedSplit] = {}
@@ -224,6 +226,19 @@ class TextDataModule(ClassificationDataModule):
             self.prepare_data()
         payload = torch.load(self.cache_file, weights_only=True)
         self.datasets = {name: TokenizedSplit(**payload[name]) for name in self.split_names}
+
+    def train_example_targets(self) -> torch.Tensor | None:
+        """One target per training example; for tagging, each sentence's tags as a 0/1 row (the balanced
+        sampler draws sentences by their rarest tag)."""
+        dataset = self.datasets.get("train")
+        if dataset is None or not dataset.per_token:
+            return self.train_targets()
+        lengths = dataset.offsets[1:] - dataset.offsets[:-1]
+        sentence = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        keep = dataset.labels >= 0
+        presence = torch.zeros(len(lengths), self.task.num_outputs)
+        presence[sentence[keep], dataset.labels[keep].long()] = 1.0
+        return presence
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: TokenizedSplit, **kwargs: Any) -> DataLoader:

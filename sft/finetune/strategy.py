@@ -32,6 +32,12 @@ class FreezeSpec:
     unit: str = "epoch"                        # gradual milestones count epochs or optimizer steps
     lr_decay: float = 1.0                      # layer-wise: lr * lr_decay ** depth_from_top
     head_lr: float | None = None               # the head's own learning rate (default: optimizer.lr)
+    # lora (peft's LoraConfig names): adapter rank, scale alpha / r, dropout on the adapter input, and the
+    # modules adapted (None: the attention projections of the architecture, sft.finetune.lora.HF_TARGETS)
+    r: int = 8
+    lora_alpha: float = 16
+    lora_dropout: float = 0.1
+    target_modules: tuple[str, ...] | None = None
 
     @classmethod
     def parse(cls, value: str | Mapping[str, Any] | FreezeSpec | None) -> FreezeSpec:
@@ -53,6 +59,9 @@ class FreezeSpec:
         if unknown:
             raise ConfigError(f"freeze.{unknown[0]} is not a freeze setting; known: {sorted(known)}.")
         data = dict(value)
+        if data.get("target_modules") is not None:
+            targets = data["target_modules"]
+            data["target_modules"] = (targets,) if isinstance(targets, str) else tuple(str(t) for t in targets)
         if data.get("milestones") is not None:
             data["milestones"] = tuple(data["milestones"])
         else:
@@ -78,6 +87,23 @@ class FreezeSpec:
             raise ConfigError(f"freeze.lr_decay={self.lr_decay!r} must be in (0, 1] (1 = the same lr everywhere).")
         if self.head_lr is not None and not (isinstance(self.head_lr, int | float) and self.head_lr > 0):
             raise ConfigError(f"freeze.head_lr={self.head_lr!r} must be a positive number, or null for optimizer.lr.")
+        lora_settings = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": None}
+        if self.strategy != "lora":
+            changed = [k for k, default in lora_settings.items() if getattr(self, k) != default]
+            if changed:
+                raise ConfigError(f"freeze.{changed[0]} is a LoRA setting: it needs freeze=lora (now "
+                                  f"freeze={self.strategy}).")
+        else:
+            if not (isinstance(self.r, int) and not isinstance(self.r, bool) and self.r >= 1):
+                raise ConfigError(f"freeze.r={self.r!r}: the LoRA rank must be an integer >= 1 (e.g. 8).")
+            if not (isinstance(self.lora_alpha, int | float) and self.lora_alpha > 0):
+                raise ConfigError(f"freeze.lora_alpha={self.lora_alpha!r} must be a positive number (e.g. 16: the "
+                                  "adapter's output is scaled by lora_alpha / r).")
+            if not (isinstance(self.lora_dropout, int | float) and 0 <= self.lora_dropout < 1):
+                raise ConfigError(f"freeze.lora_dropout={self.lora_dropout!r} must be in [0, 1).")
+            if self.target_modules is not None and not self.target_modules:
+                raise ConfigError("freeze.target_modules=[] adapts nothing: name modules (e.g. [query, value]) or "
+                                  "use null for the architecture's attention projections.")
         if self.strategy == "backbone" and self.lr_decay != 1:
             raise ConfigError("freeze.lr_decay has no effect with freeze=backbone (only the head trains): drop it "
                               "or pick freeze=none / bottom_k / gradual.")
@@ -96,7 +122,7 @@ class FreezeSpec:
 
     def frozen(self, groups: Sequence[str], progress: int) -> set[str]:
         """Frozen groups at ``progress`` (epochs or steps done); ``groups`` ordered bottom to top."""
-        if self.strategy == "none":
+        if self.strategy in ("none", "lora"):  # lora: per parameter (the adapters and the head), not per group
             return set()
         if self.strategy == "backbone":
             return {g for g in groups if g != HEAD}
@@ -117,4 +143,6 @@ class FreezeSpec:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["milestones"] = list(self.milestones)
+        if self.target_modules is not None:
+            data["target_modules"] = list(self.target_modules)
         return data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,12 +14,14 @@ from torchmetrics import Metric, MetricCollection
 from sft.errors import ConfigError, TrainingDiverged
 from sft.export import export_text_model
 from sft.finetune.blocks import block_map, group_modules
+from sft.finetune.lora import add_lora, frozen_checksum, merged_copy
 from sft.finetune.strategy import FreezeSpec
 from sft.models.backbones import load_task_model, resolve_name_or_path
 from sft.models.dropout import use_fast_cpu_dropout
 from sft.models.embedding_grad import reuse_embedding_grad_buffers
 from sft.optim import build_optimizer, build_scheduler, check_optimizer
 from sft.tasks import Task, make_task, task_from_dict
+from sft.tasks.imbalance import Criterion
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class Classifier(L.LightningModule):
         head_bias: str = "prior",
         fast_cpu_dropout: bool = True,
         embedding_grad_buffer: bool = True,
+        loss: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.fast_cpu_dropout = fast_cpu_dropout
@@ -85,13 +89,25 @@ class Classifier(L.LightningModule):
         self.train_metrics = self.task.metrics("train")
         self.val_metrics = self.task.metrics("val")
         self.test_metrics = self.task.metrics("test")
+        # The training objective (loss.class_weights / pos_weight / focal_gamma); its weights are saved buffers.
+        self.criterion = Criterion(self.task, loss)
         if self.task.kind == "multi_label":  # the decision thresholds (tuned on val): saved in every checkpoint
             self.register_buffer("thresholds", self.task.initial_thresholds())
 
     def finish_build(self) -> None:
-        """What a subclass calls once it has built ``self.model``: the cheaper CPU dropout (same dropout,
-        ``sft.models.dropout``), freezing, and train mode (``from_pretrained`` returns eval mode; Lightning keeps
-        each module's mode as found)."""
+        """What a subclass calls once it has built ``self.model``: LoRA adapters (freeze=lora), the cheaper CPU
+        dropout (same dropout, ``sft.models.dropout``), freezing, and train mode (``from_pretrained`` returns eval
+        mode; Lightning keeps each module's mode as found)."""
+        if self.freeze == "lora":
+            spec = self.freeze_spec
+            # Outside the module tree (not a submodule): it wraps self.model, whose parameters stay the only ones.
+            self.__dict__["peft_model"] = add_lora(
+                self.model, r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
+                target_modules=spec.target_modules, trainable_modules=self.lora_trained_modules())
+            self._trainable_names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            self._base_checksum = frozen_checksum(self._lora_base_weights())
+            # Checkpoints hold only what trains; the frozen weights come from the pretrained model (checked).
+            self.strict_loading = False
         if self.fast_cpu_dropout:
             use_fast_cpu_dropout(self.model)
         self.apply_freeze()
@@ -118,6 +134,28 @@ class Classifier(L.LightningModule):
     def head_logits(self, features: torch.Tensor) -> torch.Tensor:
         """Logits from cached features (what :attr:`head_entry` received), exactly as the full forward."""
         raise NotImplementedError
+
+    def lora_trained_modules(self) -> list[str]:
+        """Names of the modules of ``self.model`` that train in full under freeze=lora (the head)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ LoRA
+    def _lora_base_weights(self) -> list[tuple[str, torch.nn.Parameter]]:
+        # The pretrained weights an adapter checkpoint rests on (not peft's copy of the untrained head).
+        return [(n, p) for n, p in self.model.named_parameters()
+                if n not in self._trainable_names and ".original_module." not in n]
+
+    def exportable_model(self) -> torch.nn.Module:
+        """The model to export: ``self.model``, or under LoRA a copy with the adapters merged into its weights."""
+        return merged_copy(self.peft_model) if self.freeze == "lora" else self.model
+
+    def save_adapter(self, out_dir: Any) -> Any:
+        """The LoRA adapter alone, in peft's format (``PeftModel.from_pretrained(base, out_dir)`` loads it)."""
+        if self.freeze != "lora":
+            raise ConfigError(f"export.adapter=true saves a LoRA adapter, but this model was trained with "
+                              f"freeze={self.freeze}: use freeze=lora, or drop export.adapter.")
+        self.peft_model.save_pretrained(str(out_dir))
+        return out_dir
 
     # ------------------------------------------------------------------ features for cached probes
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -170,12 +208,22 @@ class Classifier(L.LightningModule):
     def setup(self, stage: str) -> None:
         # Once per model, so a second fit continues from the trained bias. Lightning restores a checkpoint after
         # setup, so a resumed run gets its trained head back.
-        if stage != "fit" or self._head_bias_done:
+        loss_pending = self.criterion.spec.active and not getattr(self, "_loss_logged", False)
+        if stage != "fit" or (self._head_bias_done and not loss_pending):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         targets = datamodule.train_targets() if hasattr(datamodule, "train_targets") else None
-        if targets is not None and len(targets):
+        if loss_pending:  # balanced weights from the training split (a resumed run keeps its own), logged
+            table = self.criterion.fit(targets)
+            log.info("Training loss with %s (a resumed run's checkpoint replaces these weights):\n%s",
+                     self.criterion.spec.describe(), table)
+            self._loss_logged = True
+        if not self._head_bias_done and targets is not None and len(targets):
             self.init_head_bias(targets)
+            shift, layer = self.criterion.prior_shift(), self.output_layer
+            if shift is not None and layer is not None and layer.bias is not None:  # the weighted loss's prior
+                with torch.no_grad():
+                    layer.bias.add_(shift.to(layer.bias))
         self._head_bias_done = True
 
     # ------------------------------------------------------------------ freezing
@@ -211,9 +259,10 @@ class Classifier(L.LightningModule):
         frozen = self.freeze_spec.frozen(list(self._groups), self.freeze_progress() if progress is None else progress)
         changed = frozen != self._frozen or progress == 0
         self._frozen = frozen
+        trainable = getattr(self, "_trainable_names", None)  # LoRA: the adapters and the head, not whole groups
         for group, params in self._groups.items():
-            for _, p in params:
-                p.requires_grad_(group not in frozen)
+            for name, p in params:
+                p.requires_grad_(group not in frozen and (trainable is None or name in trainable))
         if not any(p.requires_grad for p in self.parameters()):
             raise ConfigError("No trainable parameters: the freeze strategy froze everything (check freeze=...).")
         if self.training:
@@ -228,6 +277,10 @@ class Classifier(L.LightningModule):
             total = sum(p.numel() for _, p in params)
             trainable = sum(p.numel() for _, p in params if p.requires_grad)
             lines.append(f"{group:<10} {total:>12,} {trainable:>12,} {total - trainable:>12,}")
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        lines.append(f"{'all':<10} {total:>12,} {trainable:>12,} {total - trainable:>12,}  "
+                     f"({100 * trainable / max(total, 1):.2f}% trainable)")
         return "\n".join(lines)
 
     def group_state(self) -> dict[str, bool]:
@@ -283,7 +336,8 @@ class Classifier(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def _step(self, batch: dict[str, torch.Tensor], stage: str, metrics: Metric) -> torch.Tensor:
         logits = self.batch_logits(batch)
-        loss = self.task.loss(logits, batch["labels"])
+        # The training objective is the weighted / focal one; val and test losses stay the task's plain loss.
+        loss = self.criterion(logits, batch["labels"]) if stage == "train" else self.task.loss(logits, batch["labels"])
         metrics.update(logits.detach().float(), batch["labels"])
         bs = self.task.weight(batch["labels"])
         # Averaged over DDP ranks for val / test (once per epoch); train/loss stays per rank (no sync per step).
@@ -353,6 +407,10 @@ class Classifier(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.freeze == "lora":  # the adapters and the head (megabytes), not the frozen pretrained weights
+            frozen = {f"model.{n}" for n, _ in self.model.named_parameters() if n not in self._trainable_names}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+            checkpoint["lora"] = {"base_checksum": self._base_checksum, "peft_version": _peft_version()}
         # RNG state, so a run resumed mid-epoch draws the same dropout masks as an uninterrupted one.
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
         checkpoint["freeze_state"] = self.group_state()  # for inspection; resume recomputes it from progress
@@ -360,11 +418,42 @@ class Classifier(L.LightningModule):
             checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_lora_checkpoint(checkpoint)
         state = checkpoint.get("rng_state")
         if state is not None:
             torch.set_rng_state(state["torch"])
             if "cuda" in state and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda"])
+
+
+    def load_checkpoint_weights(self, checkpoint: dict[str, Any]) -> None:
+        """The weights of an sft checkpoint. A LoRA one holds only what trains: checked, the frozen weights kept."""
+        self.check_lora_checkpoint(checkpoint)
+        self.load_state_dict(checkpoint["state_dict"], strict=self.freeze != "lora")
+
+    def check_lora_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A LoRA checkpoint holds only what trains: refuse one that lacks a trained weight, or that was trained on
+        other frozen weights than this model's (another base model), instead of loading it partly."""
+        if self.freeze != "lora":
+            return
+        state = checkpoint.get("state_dict", {})
+        missing = sorted(f"model.{n}" for n in self._trainable_names if f"model.{n}" not in state)
+        if missing:
+            raise ConfigError(f"The checkpoint lacks {len(missing)} weights that freeze=lora trains (e.g. {missing[0]}): "
+                              "it was written with other LoRA settings (freeze.r, freeze.target_modules) or without "
+                              "LoRA. Use the settings it was trained with.")
+        saved = checkpoint.get("lora", {}).get("base_checksum")
+        if saved is not None and not math.isclose(saved, self._base_checksum, rel_tol=1e-9):
+            raise ConfigError(f"The LoRA checkpoint was trained on other pretrained weights than "
+                              f"{getattr(self.hparams, 'name_or_path', None) or getattr(self.hparams, 'arch', 'this model')!r} "
+                              f"(checksum {saved:.6g} vs {self._base_checksum:.6g}): load it with the base model "
+                              "it was trained from (model.name_or_path / model.weights).")
+
+
+def _peft_version() -> str:
+    from importlib.metadata import version
+
+    return version("peft")
 
 
 class TextClassifier(Classifier):
@@ -393,14 +482,15 @@ class TextClassifier(Classifier):
         head_bias: str = "prior",
         fast_cpu_dropout: bool = True,
         embedding_grad_buffer: bool = True,
+        loss: Mapping[str, Any] | None = None,
     ):
         # A model rebuilt from a checkpoint (hf_config) has its trained head: never re-initialised.
         super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task,
-                         head_bias if hf_config is None else "library", fast_cpu_dropout, embedding_grad_buffer)
+                         head_bias if hf_config is None else "library", fast_cpu_dropout, embedding_grad_buffer, loss)
         self.name_or_path = resolve_name_or_path(name_or_path) if hf_config is None else name_or_path
         self.save_hyperparameters(
             {"name_or_path": self.name_or_path, "num_labels": self.task.num_outputs, "id2label": self.id2label,
-             "freeze": freeze, "monitor": monitor, "task": self.task.to_dict()}
+             "freeze": freeze, "monitor": monitor, "task": self.task.to_dict(), "loss": self.criterion.spec.to_dict()}
         )
         self.model = load_task_model(self.name_or_path, self.task, hf_config)
         self.finish_build()
@@ -437,13 +527,24 @@ class TextClassifier(Classifier):
             features = m.dropout(features)
         return m.classifier(features)
 
+    def lora_trained_modules(self) -> list[str]:
+        # The task head (every top-level module beside the encoder that has weights: classifier, DistilBERT's
+        # pre_classifier) and the encoder's pooler, which BERT's head reads: new or task-specific, so trained in full.
+        prefix = self.model.base_model_prefix
+        names = [n for n, m in self.model.named_children() if n != prefix and any(True for _ in m.parameters())]
+        pooler = getattr(self.model.base_model, "pooler", None)
+        if isinstance(pooler, torch.nn.Module) and any(True for _ in pooler.parameters()):
+            names.append(f"{prefix}.pooler")
+        return names
+
     @classmethod
     def data_inputs(cls, model_cfg: Any) -> dict[str, Any]:
         return {"tokenizer": resolve_name_or_path(model_cfg.get("name_or_path"))}
 
     def export(self, out_dir: Any, datamodule: Any) -> Any:
         thresholds = self.thresholds.tolist() if self.task.kind == "multi_label" else None
-        return export_text_model(self, datamodule.tokenizer, out_dir, task=self.task.to_dict(), thresholds=thresholds)
+        return export_text_model(self.exportable_model(), datamodule.tokenizer, out_dir, task=self.task.to_dict(),
+                                 thresholds=thresholds)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -454,7 +555,10 @@ class TextClassifier(Classifier):
         """Rebuild from an sft checkpoint alone (architecture from the stored HF config)."""
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         hp = checkpoint["hyper_parameters"]
+        # A LoRA checkpoint holds only the adapters and the head: the frozen weights come from the base model.
+        lora = "lora" in checkpoint
         model = cls(hp["name_or_path"], hp["num_labels"], hp["id2label"], freeze=hp.get("freeze", "none"),
-                    monitor=hp.get("monitor", "val/acc"), hf_config=checkpoint["hf_config"], task=hp.get("task"))
-        model.load_state_dict(checkpoint["state_dict"])
+                    monitor=hp.get("monitor", "val/acc"), hf_config=None if lora else checkpoint["hf_config"],
+                    task=hp.get("task"), head_bias="library")
+        model.load_checkpoint_weights(checkpoint)
         return model.eval()

@@ -48,6 +48,8 @@ def reuse_embedding_grad_buffers(model: nn.Module, min_elements: int = MIN_ELEME
     for module in model.modules():
         if type(module) is not nn.Embedding or module.sparse or module.weight.numel() < min_elements:
             continue
+        if not module.weight.requires_grad:  # frozen (freeze=backbone / bottom_k / lora): no gradient to keep
+            continue
         handle = module.weight.register_post_accumulate_grad_hook(_DenseGradBuffer())
         module.sparse = True
 

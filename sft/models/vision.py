@@ -124,15 +124,16 @@ class ImageClassifier(Classifier):
         head_bias: str = "prior",
         channels_last: bool = True,
         fast_cpu_dropout: bool = True,
+        loss: Mapping[str, Any] | None = None,
     ):
         super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task, head_bias,
-                         fast_cpu_dropout)
+                         fast_cpu_dropout, loss=loss)
         if self.task.kind != "single_label":
             raise ConfigError(f"Image models classify one label per image; a {self.task.kind} task is not supported "
                               "for images (see the README's task types).")
         self.save_hyperparameters({"arch": arch, "weights": weights, "weights_path": weights_path,
                                    "num_labels": num_labels, "id2label": self.id2label, "freeze": freeze,
-                                   "monitor": monitor})
+                                   "monitor": monitor, "loss": self.criterion.spec.to_dict()})
         self.model = build_image_model(arch, num_labels, weights, weights_path)
         # NHWC: oneDNN's (and cuDNN's) fast convolution layout; the same math. EfficientNet-Lite0 fp32 on 2 CPU
         # cores: 967 vs 1236 ms per step of 16 images (bench/README.md).
@@ -154,6 +155,9 @@ class ImageClassifier(Classifier):
         # so BatchNorm running statistics stay the pretrained ones.
         return nn.ModuleList(m for name, m in self.model.named_children() if name != self.head)
 
+    def lora_trained_modules(self) -> list[str]:
+        return [self.head]
+
     @classmethod
     def data_inputs(cls, model_cfg: Any) -> dict[str, Any]:
         return {"preprocess": preprocess_for(model_cfg.get("arch", "efficientnet_lite0"), model_cfg.get("weights"))}
@@ -165,7 +169,7 @@ class ImageClassifier(Classifier):
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state_dict(), out / "model.pt")
+        torch.save(self.exportable_model().state_dict(), out / "model.pt")
         library = "timm" if self.hparams.arch == "efficientnet_lite0" else "torchvision"
         info = {"library": library, "arch": "tf_efficientnet_lite0" if library == "timm" else self.hparams.arch,
                 "sft_arch": self.hparams.arch, "num_classes": self.hparams.num_labels, "head": self.head,
@@ -192,9 +196,13 @@ class ImageClassifier(Classifier):
         """``(model in eval mode, preprocess)`` from an sft checkpoint alone (no pretrained weights needed)."""
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         hp = checkpoint["hyper_parameters"]
-        model = cls(hp["arch"], weights=None, num_labels=hp["num_labels"], id2label=hp["id2label"],
-                    freeze=hp.get("freeze", "none"), monitor=hp.get("monitor", "val/acc"), head_bias="library")
-        model.load_state_dict(checkpoint["state_dict"])
+        # A LoRA checkpoint holds only the adapters and the head: the frozen weights come from the pretrained ones.
+        lora = "lora" in checkpoint
+        model = cls(hp["arch"], weights=hp.get("weights") if lora else None,
+                    weights_path=hp.get("weights_path") if lora else None, num_labels=hp["num_labels"],
+                    id2label=hp["id2label"], freeze=hp.get("freeze", "none"), monitor=hp.get("monitor", "val/acc"),
+                    head_bias="library")
+        model.load_checkpoint_weights(checkpoint)
         preprocess = checkpoint.get("preprocess") or preprocess_for(hp["arch"], hp.get("weights"))
         return model.eval(), preprocess
 

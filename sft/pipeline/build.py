@@ -60,9 +60,31 @@ def check_metric(metric: str, task: Any) -> None:
                           f"{', '.join(task.metric_keys('val'))}. Set optimized_metric=<one of them> (or data.metric).")
 
 
+def loss_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The ``loss`` node without its defaults (no weights, no focal term): what the model is given, checked by
+    :class:`sft.tasks.imbalance.LossSpec`."""
+    node = plain(cfg.get("loss")) or {}
+    return {k: v for k, v in node.items() if v not in (None, 0, 0.0)}
+
+
+def check_imbalance_settings(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+    """``data.sampler`` and ``loss`` fit the task and the fitter (before the model loads); returns the loss
+    settings."""
+    datamodule.check_sampler()
+    loss = loss_settings(cfg)
+    if (cfg.get("probe") or {}).get("estimator"):
+        used = [f"loss.{k}" for k in loss] + (["data.sampler=balanced"] if datamodule.sampler_kind != "random" else [])
+        if used:
+            raise ConfigError(f"{', '.join(used)}: probe=sklearn fits probe.estimator on the whole training split, "
+                              "not sft's loss or batches; weigh the classes in the estimator instead "
+                              "(probe.estimator.class_weight=balanced).")
+    return loss
+
+
 def build_model(cfg: DictConfig, datamodule: Any) -> Any:
     """The LightningModule for ``cfg.model``, sized to the data module's label space."""
     task = datamodule.task
+    loss = check_imbalance_settings(cfg, datamodule)
     return instantiate(cfg.model, _partial_=True)(
         num_labels=task.num_outputs,
         id2label=task.id2label,
@@ -71,6 +93,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Any:
         freeze=plain(cfg.freeze),
         monitor=cfg.optimized_metric,
         task=task,
+        **({"loss": loss} if loss else {}),
     )
 
 
@@ -123,7 +146,19 @@ def checkpoint_io(trainer_cfg: DictConfig) -> dict[str, Any]:
 
 
 def callbacks_and_loggers(cfg: DictConfig) -> tuple[list[Any], list[Any]]:
-    return instantiate_all(cfg.get("callbacks")), instantiate_all(cfg.get("logger"))
+    return [*instantiate_all(cfg.get("callbacks")), *trial_callbacks(cfg)], instantiate_all(cfg.get("logger"))
+
+
+def trial_callbacks(cfg: DictConfig) -> list[Any]:
+    """In a trial of an Optuna search with a pruner (the sweeper passes ``optuna_trial``: storage, study, trial
+    number, pruner): the callback that reports the validation metric to the study and stops a pruned trial."""
+    trial = cfg.get("optuna_trial")
+    if not trial:
+        return []
+    from sft.sweep_pruning import OptunaPruning
+
+    return [OptunaPruning(storage=trial.storage, study_name=trial.study, trial_number=trial.number,
+                          pruner=instantiate(trial.pruner), monitor=cfg.optimized_metric, run_dir=cfg.output_dir)]
 
 
 def report_settings(cfg: DictConfig) -> dict[str, Any] | None:

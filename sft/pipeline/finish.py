@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sft.export import ADAPTER_DIR, ONNX_FILE, ExportSettings, export_onnx, export_settings
 from sft.pipeline.fit import Fitted
 from sft.report.make import build_context, calibration_metrics, make_report
 from sft.rundir import write_metrics
@@ -14,18 +16,30 @@ from sft.rundir import write_metrics
 log = logging.getLogger("sft")
 
 
-def finish(fitted: Fitted, output_dir: Path, *, export: bool = True, report: dict[str, Any] | None = None,
-           seed: int = 0, pretrained: Callable[[], Any] | None = None,
+def finish(fitted: Fitted, output_dir: Path, *, export: bool | ExportSettings = True,
+           report: dict[str, Any] | None = None, seed: int = 0, pretrained: Callable[[], Any] | None = None,
            run_summary: dict[str, str] | None = None) -> dict[str, float]:
-    """Export the model, run the report (``report``: its settings, None for none) and write metrics.json once:
-    the metrics plus the report's calibration numbers. Rank zero only; returns the metrics."""
+    """Export the model (and its ONNX graph when ``export.onnx``, a LoRA adapter when ``export.adapter``), run the report (``report``: its settings, None
+    for none) and write metrics.json once: the metrics plus the report's calibration numbers. Rank zero only;
+    returns the metrics."""
     metrics = dict(fitted.metrics)
     if not fitted.is_global_zero:
         return metrics
-    if export:
+    settings = export_settings(export)
+    if settings.enabled:
         export_dir = output_dir / "export"
+        stale = export_dir / ONNX_FILE  # an earlier export's graph (or adapter): never left beside other weights
+        stale.unlink(missing_ok=True)
+        shutil.rmtree(export_dir / ADAPTER_DIR, ignore_errors=True)
         if fitted.exportable:
             fitted.model.export(export_dir, fitted.datamodule)
+            if settings.onnx:
+                export_onnx(export_dir)
+            if settings.adapter:
+                fitted.model.save_adapter(export_dir / ADAPTER_DIR)
+        elif settings.onnx:
+            log.warning("export.onnx=true: no %s, as there is no model export (the head is outside the model).",
+                        ONNX_FILE)
         for write in fitted.extra_files:
             write(export_dir)
     headline = fitted.model.task.metric_names[:2]  # the task's own (acc and f1; pearson and spearman; ...)

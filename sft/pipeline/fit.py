@@ -158,7 +158,7 @@ def fit_lightning(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path
     # Named explicitly: with ckpt_path=None under SLURM, Lightning would evaluate its hpc_ckpt instead.
     evaluated = best or last_checkpoint(callbacks)
     if evaluated:  # the weights that are validated, tested, exported and reported
-        model.load_state_dict(torch.load(evaluated, map_location="cpu", weights_only=True, mmap=True)["state_dict"])
+        model.load_checkpoint_weights(torch.load(evaluated, map_location="cpu", weights_only=True, mmap=True))
     metrics = _validate_and_test(cfg, model, fit_datamodule, trainer, evaluated, eval_precision, loggers, output_dir,
                                  **strategy)
     metrics.update({"fit/seconds": fit_seconds, "fit/epochs": float(epochs), "fit/global_step": float(steps)})

@@ -58,6 +58,11 @@ def performance(preds: Any, labels: Any, label_names: Sequence[str], train_label
         "confusion_matrix": scores["confusion_matrix"].tolist(),
         "majority_baseline": {"label": label_names[majority], "accuracy": baseline_accuracy,
                               "macro_f1": baseline_f1, "source": source},
+        # The training split's class distribution (count and share per class), beside each class's recall.
+        "train_distribution": [
+            {"label": name, "count": int(count), "share": int(count) / len(train)}
+            for name, count in zip(label_names, torch.bincount(train, minlength=n_classes).tolist(), strict=True)
+        ] if source == "train" else None,
     }
 
 
@@ -70,7 +75,8 @@ def section(ctx: Any, settings: Mapping[str, Any] | None = None) -> dict:
     if ctx.test.logits.ndim != 2 or ctx.test.logits.shape[1] != n_classes:
         raise ValueError(f"test logits have shape {tuple(ctx.test.logits.shape)} but there are {n_classes} "
                          f"labels {ctx.label_names}")
-    return performance(ctx.test.preds, ctx.test.labels, ctx.label_names, ctx.train_labels)
+    return {**performance(ctx.test.preds, ctx.test.labels, ctx.label_names, ctx.train_labels),
+            "training": task_performance.training_setup(ctx)}
 
 
 # -------------------------------------------------------------------------------------------- page
@@ -80,7 +86,9 @@ HOW = """Results on {n} examples. Precision: of the examples predicted as a clas
     that really are; recall: of the examples of a class, the share found; F1 combines both. The majority
     baseline always predicts the most common training class: a useful model beats it clearly, on macro
     F1 especially. In the confusion matrix rows are the true class, columns the prediction; numbers are
-    counts, colour is the share of the row (the diagonal is correct)."""
+    counts, colour is the share of the row (the diagonal is correct). In train / train share: the class's
+    examples in the training split: a rare class with low recall is what loss.class_weights or
+    data.sampler=balanced address."""
 
 
 def render(data: dict[str, Any]) -> str:
@@ -89,7 +97,14 @@ def render(data: dict[str, Any]) -> str:
     labels = [str(label) for label in data.get("labels") or []]
     rows = [[esc(c.get("label")), num(c.get("precision")), num(c.get("recall")), num(c.get("f1")),
              num(c.get("support"))] for c in data.get("per_class") or []]
-    class_table = table(["class", "precision", "recall", "F1", "support"], rows)
+    header = ["class", "precision", "recall", "F1", "support"]
+    train = {r.get("label"): r for r in data.get("train_distribution") or []}
+    if train:  # the training split's distribution beside each class's recall
+        header += ["in train", "train share"]
+        for row, c in zip(rows, data.get("per_class") or [], strict=True):
+            t = train.get(c.get("label")) or {}
+            row += [num(t.get("count")), task_performance.percent(t.get("share"))]
+    class_table = table(header, rows)
 
     baseline = data.get("majority_baseline") or {}
     compare = table(["", "accuracy", "macro F1"], [
@@ -104,7 +119,8 @@ def render(data: dict[str, Any]) -> str:
 
     matrix = data.get("confusion_matrix")
     figure = img(confusion_figure(matrix, labels), "confusion matrix") if matrix else ""
-    return how(HOW, n=num(data.get("n"))) + warn + side_by_side(compare + class_table, figure)
+    return (how(HOW, n=num(data.get("n"))) + warn + task_performance.training_note(data)
+            + side_by_side(compare + class_table, figure))
 
 
 def summary(data: dict[str, Any]) -> list[tuple[str, str]]:

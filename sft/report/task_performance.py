@@ -25,7 +25,35 @@ def section(ctx: Any) -> dict[str, Any]:
     values = {key.split("/", 1)[1]: value for key, value in metrics.items()}
     data = {"task": kind, "n": int(len(ctx.test.labels)), "metrics": values, "metric_names": list(ctx.task.metric_names)}
     data.update({"regression": regression, "multi_label": multi_label, "token": token}[kind](ctx))
+    data["training"] = training_setup(ctx)
     return data
+
+
+# ---------------------------------------------------------------------------------------------- training data
+def train_distribution(task: Any, targets: torch.Tensor | None) -> list[dict[str, Any]] | None:
+    """Each class's count and share in the training split (multi-label: each label's positives and the share of
+    examples that have it; tagging: labelled words per tag); None without training targets or classes."""
+    if targets is None or not len(targets) or not task.has_classes:
+        return None
+    counts, n = task.class_counts(targets)
+    return [{"label": name, "count": int(count), "share": int(count) / n if n else None}
+            for name, count in zip(task.label_names, counts.tolist(), strict=True)]
+
+
+def training_setup(ctx: Any) -> dict[str, Any]:
+    """How the model was trained against imbalance: the loss settings and the training sampler."""
+    criterion = getattr(ctx.model, "criterion", None)
+    return {"loss": criterion.spec.describe() if criterion is not None else "",
+            "sampler": getattr(ctx.datamodule, "sampler_kind", "random")}
+
+
+def training_note(data: dict[str, Any]) -> str:
+    """One line naming the imbalance settings, when any were used."""
+    setup = data.get("training") or {}
+    parts = [esc(setup["loss"])] if setup.get("loss") else []
+    if setup.get("sampler") and setup["sampler"] != "random":
+        parts.append(f"data.sampler={esc(setup['sampler'])}")
+    return f"<p>Trained with {'; '.join(parts)}.</p>" if parts else ""
 
 
 # ---------------------------------------------------------------------------------------------- regression
@@ -65,6 +93,7 @@ def multi_label(ctx: Any) -> dict[str, Any]:
     chosen = probs >= thresholds
     rows = []
     train = ctx.train_labels.sum(0).tolist() if ctx.train_labels is not None else [None] * task.num_outputs
+    n_train = len(ctx.train_labels) if ctx.train_labels is not None else 0
     for j, name in enumerate(task.label_names):
         tp = int((chosen[:, j] & targets[:, j]).sum())
         predicted, support = int(chosen[:, j].sum()), int(targets[:, j].sum())
@@ -74,7 +103,8 @@ def multi_label(ctx: Any) -> dict[str, Any]:
         rows.append({"label": name, "precision": precision, "recall": recall, "f1": f1, "support": support,
                      "predicted": predicted, "threshold": float(thresholds[j]),
                      "ece": binary_ece(probs[:, j], targets[:, j]),
-                     "train_count": None if train[j] is None else int(train[j])})
+                     "train_count": None if train[j] is None else int(train[j]),
+                     "train_share": None if train[j] is None or not n_train else float(train[j]) / n_train})
     return {"per_label": rows, "threshold_mode": task.threshold,
             "mean_ece": sum(r["ece"] for r in rows) / len(rows) if rows else None,
             "labels_per_example": float(targets.sum(1).float().mean()) if len(targets) else None}
@@ -105,8 +135,10 @@ def token(ctx: Any) -> dict[str, Any]:
                 sentence = list(words[i])
                 shown.append({"index": i, **{k: _words(sentence, v) if k.endswith("span") else v
                                              for k, v in detail.items()}})
+    train_targets = ctx.datamodule.train_targets() if hasattr(ctx.datamodule, "train_targets") else None
     return {"per_type": per_type, "errors": dict(counts.most_common()), "examples": examples,
-            "sentences": len(true_tags), "entities": sum(len(entity_spans(t)) for t in true_tags)}
+            "sentences": len(true_tags), "entities": sum(len(entity_spans(t)) for t in true_tags),
+            "train_distribution": train_distribution(task, train_targets)}
 
 
 def _words(sentence: list[str], span: tuple[str, int, int]) -> str:
@@ -150,12 +182,14 @@ HOWS = {
         (tuned on the validation split, or fixed). Micro F1 pools every decision, macro F1 averages the labels
         (rare labels count as much as frequent ones); subset accuracy counts examples whose whole label set is
         right; mAP ranks without any threshold. ECE (per label): the gap between the predicted probability and
-        how often the label is really there; 0 is perfectly calibrated.""",
+        how often the label is really there; 0 is perfectly calibrated. In train / train share: the label's
+        positives in the training split and the share of training examples that have it: rare labels are where
+        loss.pos_weight or focal loss can help.""",
     "token": """Results on {n} sentences. Scores are per entity (seqeval, as CoNLL's conlleval): an entity counts as
         found only with exactly the right words and type. Token accuracy is per word, most of which are outside any
         entity, so it is high even for a weak tagger. The errors: wrong type (right words, another type), wrong span
         (overlapping words), missed (no overlapping prediction), spurious (a predicted entity where there is
-        none).""",
+        none). The tag table counts the training split's labelled words per tag.""",
 }
 
 def render(data: dict[str, Any]) -> str:
@@ -177,10 +211,13 @@ def render(data: dict[str, Any]) -> str:
         rows = [[esc(r.get("label")), num(r.get("precision")), num(r.get("recall")), num(r.get("f1")),
                  num(r.get("support")), num(r.get("train_count")), num(r.get("threshold"), 2), num(r.get("ece"))]
                 for r in data.get("per_label") or []]
-        labels = table(["label", "precision", "recall", "F1", "support", "in train", "threshold", "ECE"], rows)
+        for row, r in zip(rows, data.get("per_label") or [], strict=True):
+            row.insert(6, percent(r.get("train_share")))
+        labels = table(["label", "precision", "recall", "F1", "support", "in train", "train share", "threshold",
+                        "ECE"], rows)
         note = (f"<p>Thresholds: {esc(data.get('threshold_mode'))}; mean ECE over labels "
                 f"{num(data.get('mean_ece'))}; {num(data.get('labels_per_example'), 2)} true labels per example.</p>")
-        return intro + head + note + labels
+        return intro + head + note + training_note(data) + labels
     rows = [[esc(r.get("label")), num(r.get("precision")), num(r.get("recall")), num(r.get("f1")),
              num(r.get("support"))] for r in data.get("per_type") or []]
     types = table(["entity type", "precision", "recall", "F1", "support"], rows)
@@ -191,7 +228,20 @@ def render(data: dict[str, Any]) -> str:
             shown.append([esc(kind_name), num(item.get("index")), esc(item.get("true_span", "")),
                           esc(item.get("pred_span", ""))])
     examples = table(["error", "sentence", "true entity", "predicted entity"], shown) if shown else ""
-    return intro + side_by_side(head + types, errors) + examples
+    distribution = distribution_table(data.get("train_distribution"), "tag (training words)")
+    return intro + training_note(data) + side_by_side(head + types, errors + distribution) + examples
+
+
+def percent(value: Any) -> str:
+    return f"{100 * value:.1f}%" if is_num(value) else num(None)
+
+
+def distribution_table(rows: list[dict[str, Any]] | None, what: str) -> str:
+    """The training split's class distribution: count and share per class."""
+    if not rows:
+        return ""
+    return table([what, "in train", "share"], [[esc(r.get("label")), num(r.get("count")), percent(r.get("share"))]
+                                              for r in rows])
 
 
 def summary(data: dict[str, Any]) -> list[tuple[str, str]]:

@@ -10,6 +10,8 @@ tensors and how outputs become predictions; everything else (data modules, the L
 | ``token`` | one logit per tag per token | cross-entropy on each word's first sub-token | entity P/R/F1, token accuracy |
 
 Sentence pairs are an input shape, not a task type: a pair task is single-label (MRPC) or regression (STS-B).
+Imbalanced data (class weights, ``pos_weight``, focal loss, the balanced sampler's draw weights):
+:mod:`sft.tasks.imbalance`.
 """
 
 from __future__ import annotations

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torchmetrics import Metric
+
+if TYPE_CHECKING:
+    from sft.tasks.imbalance import LossWeights
 
 
 @dataclass
@@ -23,6 +26,7 @@ class Task:
     problem_type: ClassVar[str | None] = None  # transformers' config.problem_type
     metric_names: ClassVar[tuple[str, ...]] = ()  # logged as <stage>/<name> on val and test; headline first
     default_metric: ClassVar[str] = "val/acc"
+    has_classes: ClassVar[bool] = True  # class weights and the balanced sampler apply (not to regression)
 
     def __post_init__(self) -> None:
         self.label_names = [str(n) for n in self.label_names]
@@ -44,8 +48,25 @@ class Task:
         """The targets of examples (label names, scores, label sets) as the tensor the loss takes."""
         raise NotImplementedError
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: LossWeights | None = None) -> torch.Tensor:
+        """The mean loss; ``weights`` (the ``loss`` settings, :mod:`sft.tasks.imbalance`) for the training
+        objective only: val / test losses are the plain one."""
         raise NotImplementedError
+
+    def class_counts(self, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(each class's count in ``targets``, the number of labelled targets): what balanced weights and the
+        report's training distribution are computed from. -100 (unlabelled) is skipped."""
+        labels = targets[targets >= 0].long().reshape(-1)
+        return torch.bincount(labels, minlength=self.num_outputs)[: self.num_outputs], len(labels)
+
+    def sample_weights(self, targets: torch.Tensor) -> torch.Tensor:
+        """``data.sampler=balanced``: each training example's (unnormalised) draw probability, from its target
+        (one class: 1 / the class's count; label sets: see :func:`~sft.tasks.imbalance.rarest_label_draw_weights`)."""
+        from sft.tasks.imbalance import class_draw_weights, rarest_label_draw_weights
+
+        if targets.ndim == 2:  # a row of 0/1 per example: a label set, or the tags a sentence holds
+            return rarest_label_draw_weights(targets)
+        return class_draw_weights(targets, self.num_outputs)
 
     def weight(self, targets: torch.Tensor) -> int:
         """How many examples a batch's mean loss is over (its weight in the epoch's mean loss)."""

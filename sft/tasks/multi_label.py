@@ -12,6 +12,7 @@ from torchmetrics.functional.classification import multilabel_average_precision
 from torchmetrics.utilities import dim_zero_cat
 
 from sft.tasks.base import Task
+from sft.tasks.imbalance import LossWeights, sigmoid_loss
 
 THRESHOLD_MODES = ("global", "per_label")
 GRID = torch.arange(0.05, 0.951, 0.05)  # candidate thresholds
@@ -50,8 +51,12 @@ class MultiLabel(Task):
             out[row, [ids[str(label)] for label in labels]] = 1.0
         return out
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float())
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: LossWeights | None = None) -> torch.Tensor:
+        return sigmoid_loss(logits, targets, weights)
+
+    def class_counts(self, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(each label's positives, the number of examples)."""
+        return targets.reshape(-1, self.num_outputs).sum(0).round().long(), len(targets)
 
     def head_bias(self, targets: torch.Tensor) -> torch.Tensor:
         """The log-odds of each label's training frequency (add-one smoothed): rare labels start rare."""

@@ -10,6 +10,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
 from sft.tasks.base import Task
+from sft.tasks.imbalance import LossWeights
 
 # torchmetrics warns that Spearman keeps every prediction: evaluation splits are what it is meant for.
 warnings.filterwarnings("ignore", message=r".*SpearmanCorrcoef. will save all targets.*")
@@ -22,6 +23,7 @@ class Regression(Task):
     problem_type = "regression"
     metric_names = ("pearson", "spearman", "mse")
     default_metric = "val/pearson"
+    has_classes = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -34,7 +36,8 @@ class Regression(Task):
     def targets(self, values: list[Any]) -> torch.Tensor:
         return torch.tensor([float(v) for v in values], dtype=torch.float32)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: LossWeights | None = None) -> torch.Tensor:
+        # No weighting applies to a score (LossSpec refuses the settings).
         return torch.nn.functional.mse_loss(logits.float().reshape(-1), targets.float().reshape(-1))
 
     def head_bias(self, targets: torch.Tensor) -> torch.Tensor:
@@ -50,6 +53,15 @@ class Regression(Task):
 
     def metric_keys(self, stage: str = "val") -> list[str]:
         return [f"{stage}/{name}" for name in (("mse",) if stage == "train" else self.metric_names) + ("loss",)]
+
+    def class_counts(self, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+        raise TypeError("a regression target is a score: it has no classes to count")
+
+    def sample_weights(self, targets: torch.Tensor) -> torch.Tensor:
+        from sft.errors import ConfigError
+
+        raise ConfigError("data.sampler=balanced draws each class equally often; a regression target is a score "
+                          "with no classes: use data.sampler=random.")
 
     def prediction_rows(self, logits: torch.Tensor, temperature: float = 1.0,
                         thresholds: torch.Tensor | None = None) -> list[dict[str, Any]]:

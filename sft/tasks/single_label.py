@@ -15,6 +15,7 @@ from torchmetrics.classification import (
 
 from sft.metrics import classification_metrics
 from sft.tasks.base import Task
+from sft.tasks.imbalance import LossWeights, softmax_loss
 
 
 class SingleLabel(Task):
@@ -40,8 +41,8 @@ class SingleLabel(Task):
         ids = self.label2id
         return torch.tensor([ids[str(v)] for v in values], dtype=torch.long)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(logits.float(), targets)
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: LossWeights | None = None) -> torch.Tensor:
+        return softmax_loss(logits, targets, weights)
 
     def metrics(self, stage: str) -> Metric:
         metrics = classification_metrics(self.num_outputs)

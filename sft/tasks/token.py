@@ -12,6 +12,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from sft.tasks.base import Task
+from sft.tasks.imbalance import LossWeights, softmax_loss
 
 IGNORE = -100  # the label of sub-tokens after a word's first, and of special tokens
 
@@ -29,9 +30,8 @@ class TokenTagging(Task):
     def targets(self, values: list[Any]) -> torch.Tensor:
         raise TypeError("token targets are aligned to sub-tokens by the data module (word_ids), not here")
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                 ignore_index=IGNORE)
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weights: LossWeights | None = None) -> torch.Tensor:
+        return softmax_loss(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), weights, ignore_index=IGNORE)
 
     def weight(self, targets: torch.Tensor) -> int:
         """Labelled words: the loss is a per-word mean, so the epoch's is weighted by words, not sentences."""

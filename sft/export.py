@@ -210,7 +210,11 @@ def export_onnx(export_dir: str | Path, out: str | Path | None = None) -> Path:
         torch.onnx.export(module, (), str(out), kwargs=example, dynamo=True, input_names=list(example),
                           output_names=["logits"], dynamic_shapes=dynamic_shapes, verbose=False,
                           external_data=weight_bytes > 1.8e9)
-    diff = check_onnx(out, module, example)
+    try:
+        diff = check_onnx(out, module, example)
+    except Exception:
+        out.unlink(missing_ok=True)  # a graph that disagrees with the model is not left to be served
+        raise
     log.info("Wrote %s (%.1f MB); onnxruntime vs PyTorch logits: max abs diff %.2g", out, out.stat().st_size / 1e6,
              diff)
     return out

@@ -83,6 +83,8 @@ def write_metrics(output_dir: Path, metrics: dict[str, float]) -> Path:
 RUN_MARKERS = ("config.yaml", "run.json")
 EXPORT_MARKERS = ("config.json", "model.json")  # text (save_pretrained) / image export folders
 CALIBRATION_FILE = "calibration.json"  # the fitted temperature, beside the export (sft.predict --calibrated)
+PRUNED_FILE = "pruned.json"  # in a pruned Optuna trial's run folder: where it stopped, instead of metrics.json
+TRIAL_KEY = "optuna_trial"  # the job config node that tells an Optuna trial's job which trial it is (pruning only)
 
 
 def run_dir_of(path: Path) -> Path | None:

@@ -31,13 +31,11 @@ from sft.config import override_key
 from sft.errors import ConfigError, DataError, SftError, command_line
 from sft.report.figures import mpl_text  # a `$` in an override value would otherwise start mathtext
 from sft.report.stability import PREFERRED_ORDER, SKIPPED_PREFIXES, metric_stats, natural_key, read_metrics
-from sft.rundir import metric_mode
-from sft.sweeper import TRIAL_KEY
+from sft.rundir import PRUNED_FILE, TRIAL_KEY, metric_mode
 
 log = logging.getLogger(__name__)
 
 OK, UNFINISHED, FAILED, PRUNED = "ok", "unfinished", "failed", "pruned"
-PRUNED_FILE = "pruned.json"  # = sft.sweep_pruning.PRUNED_FILE, written by a pruned trial (not imported: it loads Lightning)
 MODES = ("max", "min")
 DEFAULT_METRIC = "val/acc"
 SEED_KEY = "seed"

@@ -19,10 +19,11 @@ from typing import Any
 
 import lightning as L
 
+from sft.rundir import PRUNED_FILE
+
 log = logging.getLogger("sft")
 
 PRUNED_ATTR = "sft_pruned"  # trial user attribute set by a pruned job: where it stopped
-PRUNED_FILE = "pruned.json"  # in a pruned trial's run folder: where it stopped, instead of metrics.json
 
 
 class OptunaPruning(L.Callback):
@@ -51,7 +52,9 @@ class OptunaPruning(L.Callback):
         return self._trial
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
+        # Only the validations of fit: the final evaluation of the best checkpoint (same trainer) would add a false
+        # point to the curve and could prune a trial that has finished training.
+        if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         value = trainer.callback_metrics.get(self.monitor)
         step = int(trainer.global_step)

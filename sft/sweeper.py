@@ -25,6 +25,7 @@ over existing job folders when a study is reused, and cannot prune (its jobs can
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from sft.errors import ConfigError
+from sft.rundir import TRIAL_KEY
 
 if TYPE_CHECKING:  # optuna is imported when a search runs: Hydra imports this module at every start
     from hydra.core.override_parser.types import Override
@@ -46,7 +48,6 @@ PLUGIN_MODULE = "hydra_plugins.sft_optuna_sweeper"
 PLUGIN_TARGET = f"{PLUGIN_MODULE}.OptunaSweeper"  # hydra.sweeper._target_ of conf/hydra/sweeper/optuna.yaml
 JOB_NUM_ATTR = "sft_job_num"  # trial user attribute: the Hydra job number (= job folder) the trial runs in
 OVERRIDES_ATTR = "sft_overrides"  # trial user attribute: the job's overrides, to finish an interrupted trial
-TRIAL_KEY = "optuna_trial"  # the job config node that tells a trial's job which trial it is (pruning only)
 SAMPLERS = "tpe, random, grid, cmaes, gp"  # conf/hydra/sweeper/sampler/
 DIRECTIONS = ("maximize", "minimize")
 
@@ -140,6 +141,8 @@ def distribution(override: Override) -> Any:
                               "e.g. interval(1e-5, 1e-4).")
         if log_scale and low <= 0:
             raise ConfigError(f"{text} is log-scaled, so its low end must be > 0, e.g. tag(log, interval(1e-5, 1e-3)).")
+        if isinstance(low, int) and isinstance(high, int):  # int(interval(8, 64)): Hydra's cast gives int ends
+            return IntDistribution(low, high, log=log_scale)
         return FloatDistribution(float(low), float(high), log=log_scale)
     if override.value_type is not None and override.value_type.name == "GLOB_CHOICE_SWEEP":
         raise ConfigError(f"{text}: glob() cannot be searched by Optuna; list the options, e.g. {key}=a,b.")
@@ -246,6 +249,9 @@ def build_sampler(node: Any, space: SearchSpace) -> Any:
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     is_grid = target is not None and issubclass(_class(target, "hydra.sweeper.sampler", options), GridSampler)
     extra = {"search_space": space.grid()} if is_grid else {}
+    if target == "optuna.samplers.CmaEsSampler" and importlib.util.find_spec("cmaes") is None:
+        raise ConfigError("hydra/sweeper/sampler=cmaes needs the cmaes package (Optuna imports it at the first trial): "
+                          "pip install cmaes, or pip install -e '.[sweep]'.")
     return _build(node, "hydra.sweeper.sampler", BaseSampler, options, **extra)
 
 
@@ -421,13 +427,14 @@ class _Search:
         """Run the jobs (trial number, overrides) as job folders first_job, first_job + 1, ... and tell the study
         how each ended."""
         returns = self.launcher.launch([overrides for _, overrides in jobs], initial_job_idx=first_job)
-        failures = 0
         for (number, _), ret in zip(jobs, returns, strict=True):
             state, value = self._outcome(number, ret)
-            failures += state.name == "FAIL"
             self._tell(number, state, value)
-        if failures / len(jobs) > self.max_failure_rate:
-            raise ConfigError(f"{failures} of {len(jobs)} trials failed, more than hydra.sweeper.max_failure_rate="
+        # The share of failed trials over the whole search so far (not per batch: with n_jobs=1 a batch is one trial).
+        finished = [t for t in self.study.get_trials(deepcopy=False) if t.state.is_finished()]
+        failures = sum(t.state.name == "FAIL" for t in finished)
+        if finished and failures / len(finished) > self.max_failure_rate:
+            raise ConfigError(f"{failures} of {len(finished)} trials failed, more than hydra.sweeper.max_failure_rate="
                               f"{self.max_failure_rate} allows; see the job folders under {self.sweep_dir} (each "
                               "job's log) for the errors.")
 

@@ -159,6 +159,10 @@ def test_sweep_checks_compose_every_swept_value(multirun_config):
      "hydra.sweeper.pruner (optuna.pruners.MedianPruner): got an unexpected keyword argument 'n_startup'"),
     (["hparams_search=optuna_tpe", "hydra.sweeper.max_failure_rate=2"], "hydra.sweeper.max_failure_rate=2 must be a fraction"),
     (["hparams_search=optuna_tpe", "hydra.sweeper.params=null"], "The search has nothing to search"),
+    # Settings every job would fail on, refused before the first starts.
+    (["seed=1,2", "export.adapter=true"], "export.adapter=true saves a LoRA adapter, but freeze=none trains none"),
+    (["seed=1,2", "+export.onnnx=true"], "export.onnnx is not an export setting"),
+    (["seed=1,2", "export.onnx=1"], "export.onnx=1 must be true or false"),
 ])
 def test_bad_sweeps_are_refused_with_the_key_and_the_fix(multirun_config, overrides, message):
     from sft.errors import ConfigError
@@ -269,8 +273,11 @@ def test_the_search_space_syntax_becomes_optuna_distributions():
     space = search_space(["optimizer.lr=tag(log, interval(1e-5, 1e-3))", "optimizer.weight_decay=interval(0, 0.1)",
                           "seed=range(1,5)", "data.batch_size=range(32,7,-8)", "x=range(0.5,2.0,0.5)",
                           "model=bert,minilm", "y=choice('a b',1,true)", "trainer.max_epochs=2", "+foo=1", "~logger",
-                          "optimizer.weight_decay=interval(0.0, 0.01)"])  # a key given again: the later wins
+                          "optimizer.weight_decay=interval(0.0, 0.01)",  # a key given again: the later wins
+                          "trainer.accumulate_grad_batches=int(interval(1, 8))", "z=tag(log, int(interval(8, 256)))"])
     d = space.distributions
+    assert d["trainer.accumulate_grad_batches"] == IntDistribution(1, 8)  # integers, not floats, for the trials
+    assert d["z"] == IntDistribution(8, 256, log=True)
     assert d["optimizer.lr"] == FloatDistribution(1e-5, 1e-3, log=True)
     assert d["optimizer.weight_decay"] == FloatDistribution(0.0, 0.01)
     assert d["seed"] == IntDistribution(1, 4)  # Hydra's range excludes its stop

@@ -247,6 +247,7 @@ def test_balanced_weights_come_from_the_training_split_and_travel_with_the_check
     table = next(r.getMessage() for r in caplog.records if "Training loss with loss.class_weights=balanced" in
                  r.getMessage())
     assert [line.split()[:2] for line in table.splitlines()[2:]] == [["cat", "24"], ["dog", "6"], ["eel", "2"]]
+    assert "corrects the imbalance twice" in caplog.text  # the sampler and the weights together: said once
 
     (best,) = (out / "checkpoints").glob("best-*.ckpt")
     checkpoint = torch.load(best, map_location="cpu", weights_only=True)

@@ -79,9 +79,9 @@ def test_lora_checkpoints_hold_only_what_trains(lora_run):
     run_dir, metrics, _ = lora_run
     assert metrics["fit/global_step"] > 0
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    keys = set(checkpoint["state_dict"])
-    assert keys and all(is_trained_by_lora(k) for k in keys), sorted(keys)[:5]
     model = TextClassifier.from_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
+    parameters = {f"model.{n}" for n, _ in model.model.named_parameters()}
+    keys = set(checkpoint["state_dict"]) & parameters  # (buffers, e.g. a multi-label model's thresholds, stay too)
     assert keys == {f"model.{n}" for n, p in model.model.named_parameters() if is_trained_by_lora(n)}
     # AdamW state only for the trained weights (two moments each)
     states = checkpoint["optimizer_states"][0]["state"]
@@ -152,8 +152,42 @@ def test_a_lora_checkpoint_on_other_base_weights_is_refused(lora_run, tiny_bert,
         other.check_lora_checkpoint(checkpoint)
     other_rank = TextClassifier(checkpoint["hyper_parameters"]["name_or_path"], num_labels=2,
                                 freeze={"strategy": "lora", "target_modules": ["query", "key", "value"]})
-    with pytest.raises(ConfigError, match="lacks .* weights that freeze=lora trains"):
+    with pytest.raises(ConfigError, match="trained with freeze.target_modules=None"):
         other_rank.check_lora_checkpoint(checkpoint)
+    with pytest.raises(ConfigError, match="lacks .* weights that freeze=lora trains"):  # settings not recorded
+        other_rank.check_lora_checkpoint({**checkpoint, "hyper_parameters": {}})
+    base_path = checkpoint["hyper_parameters"]["name_or_path"]
+    other_scale = TextClassifier(base_path, num_labels=2, freeze={"strategy": "lora", "lora_alpha": 32})
+    with pytest.raises(ConfigError, match="trained with freeze.lora_alpha=16"):
+        other_scale.check_lora_checkpoint(checkpoint)
+    full = TextClassifier(base_path, num_labels=2)  # resuming a LoRA run with freeze=none
+    with pytest.raises(ConfigError, match="written by a freeze=lora run"):
+        full.load_checkpoint_weights(checkpoint)
+
+
+def test_lora_multi_label_checkpoint_keeps_thresholds_and_loss_weights(tiny_bert, tmp_path):
+    """What a LoRA checkpoint keeps besides the adapters and the head: the buffers (tuned thresholds, the
+    balanced loss weights), restored by a reload."""
+    from sft.data import text
+    from tests.taskdata import write_goemotions
+
+    dm = text.goemotions(path=str(write_goemotions(tmp_path / "data")), tokenizer=tiny_bert, batch_size=16,
+                         cache_dir=tmp_path / "cache")
+    dm.prepare_data()
+    model = TextClassifier(tiny_bert, task=dm.task, freeze=LORA, loss={"pos_weight": "balanced"},
+                           optimizer=partial(torch.optim.AdamW, lr=5e-3))
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "lora.ckpt")
+    saved = torch.load(tmp_path / "lora.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    buffers = {f"model.{n}" for n, _ in model.model.named_buffers()} | {"thresholds", "criterion.pos_weight"}
+    assert {"thresholds", "criterion.pos_weight"} <= set(saved)
+    assert all(is_trained_by_lora(k) or k in buffers for k in saved), sorted(set(saved) - buffers)[:5]
+    reloaded = TextClassifier.from_checkpoint(str(tmp_path / "lora.ckpt"))
+    assert torch.equal(reloaded.thresholds, model.thresholds)
+    assert torch.equal(reloaded.criterion.pos_weight, model.criterion.pos_weight)
+    assert not torch.equal(reloaded.criterion.pos_weight, torch.ones(3))  # computed from the training split
 
 
 def test_lora_with_layerwise_learning_rates(tiny_bert):
@@ -243,6 +277,27 @@ def test_lora_on_a_vision_transformer_merges_exactly():
 def test_bad_lora_settings_are_clear_errors(tiny_bert, freeze, message):
     with pytest.raises(ConfigError, match=message):
         TextClassifier(tiny_bert, num_labels=2, freeze=freeze)
+
+
+def test_image_lora_export_is_merged_and_rebuilds_with_the_same_logits(image_root, tmp_path):
+    from types import SimpleNamespace
+
+    from sft.models.vision import ImageClassifier
+
+    model = ImageClassifier("resnet18", num_labels=2, freeze={"strategy": "lora", "target_modules": ["conv1", "conv2"]},
+                            head_bias="library")
+    with torch.no_grad():
+        for name, p in model.model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(std=0.05)
+    model.eval()
+    preprocess = {"resize": 40, "crop": 32, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "interpolation": 2}
+    model.export(tmp_path / "export", SimpleNamespace(preprocess=preprocess))
+    rebuilt, _ = ImageClassifier.from_export(tmp_path / "export")
+    assert not any("lora" in k or "modules_to_save" in k for k in rebuilt.model.state_dict())
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(images), model(images), atol=1e-4)
 
 
 def test_lora_on_a_model_without_default_targets_names_the_setting(image_root):

@@ -269,3 +269,19 @@ def test_timm_efficientnet_lite0_export_matches_onnxruntime(tmp_path, image_root
     for torch_row, onnx_row in zip(rows["torch"], rows["onnx"], strict=True):
         assert onnx_row["label"] == torch_row["label"] and onnx_row["path"] == torch_row["path"]
         assert onnx_row["prob_red"] == pytest.approx(torch_row["prob_red"], abs=ATOL)
+
+
+def test_a_failed_onnx_check_keeps_the_finished_run_and_leaves_no_graph(tiny_bert, compose_cfg, tmp_path, monkeypatch,
+                                                                        caplog):
+    """The export checks its graph; when the check fails (here: a tolerance no float can meet), the run still ends
+    with its metrics and model export, no model.onnx is left to be served, and the log says how to retry."""
+    import sft.export
+    from sft.pipeline.train import train
+
+    monkeypatch.setattr(sft.export, "ONNX_ATOL", -1.0)
+    out = tmp_path / "run"
+    metrics = train(compose_cfg(f"model.name_or_path={tiny_bert}", f"output_dir={out}", *FAST, "export.onnx=true"))
+    assert (out / "metrics.json").is_file() and metrics["fit/global_step"] > 0
+    assert (out / "export" / "config.json").is_file()
+    assert not (out / "export" / "model.onnx").exists()
+    assert "python -m sft.export" in caplog.text and "--format onnx" in caplog.text

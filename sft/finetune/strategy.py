@@ -20,6 +20,7 @@ HEAD = "head"
 
 
 MOVED_TO_PROBE = {"cache_features": False, "estimator": None, "pooling": "head"}  # -> their defaults
+LORA_SETTINGS = ("r", "lora_alpha", "lora_dropout", "target_modules")  # only freeze=lora takes them
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,9 @@ class FreezeSpec:
             raise ConfigError(f"freeze.lr_decay={self.lr_decay!r} must be in (0, 1] (1 = the same lr everywhere).")
         if self.head_lr is not None and not (isinstance(self.head_lr, int | float) and self.head_lr > 0):
             raise ConfigError(f"freeze.head_lr={self.head_lr!r} must be a positive number, or null for optimizer.lr.")
-        lora_settings = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": None}
         if self.strategy != "lora":
-            changed = [k for k, default in lora_settings.items() if getattr(self, k) != default]
+            defaults = {k: type(self).__dataclass_fields__[k].default for k in LORA_SETTINGS}
+            changed = [k for k, default in defaults.items() if getattr(self, k) != default]
             if changed:
                 raise ConfigError(f"freeze.{changed[0]} is a LoRA setting: it needs freeze=lora (now "
                                   f"freeze={self.strategy}).")

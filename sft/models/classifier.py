@@ -433,9 +433,22 @@ class Classifier(L.LightningModule):
 
     def check_lora_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A LoRA checkpoint holds only what trains: refuse one that lacks a trained weight, or that was trained on
-        other frozen weights than this model's (another base model), instead of loading it partly."""
+        other frozen weights than this model's (another base model), or with another adapter scale, instead of
+        loading it partly. A LoRA checkpoint onto a model without LoRA is refused too."""
         if self.freeze != "lora":
+            if "lora" in checkpoint:
+                raise ConfigError(f"The checkpoint was written by a freeze=lora run (adapters only), but this model is "
+                                  f"freeze={self.freeze}: use freeze=lora with the run's settings, or start fresh "
+                                  "(resume=false).")
             return
+        saved_spec = FreezeSpec.parse(checkpoint.get("hyper_parameters", {}).get("freeze", "none"))
+        if saved_spec.strategy == "lora":
+            changed = [k for k in ("r", "lora_alpha", "target_modules")
+                       if getattr(saved_spec, k) != getattr(self.freeze_spec, k)]
+            if changed:
+                raise ConfigError(f"The LoRA checkpoint was trained with freeze.{changed[0]}="
+                                  f"{getattr(saved_spec, changed[0])!r}, this model has "
+                                  f"{getattr(self.freeze_spec, changed[0])!r}: use the run's LoRA settings.")
         state = checkpoint.get("state_dict", {})
         missing = sorted(f"model.{n}" for n in self._trainable_names if f"model.{n}" not in state)
         if missing:

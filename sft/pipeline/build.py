@@ -16,6 +16,7 @@ from sft.checkpoint_io import StreamingCheckpointIO
 from sft.config import instantiate, instantiate_all, plain
 from sft.errors import ConfigError
 from sft.report.registry import report_enabled
+from sft.rundir import TRIAL_KEY
 
 log = logging.getLogger("sft")
 
@@ -78,6 +79,11 @@ def check_imbalance_settings(cfg: DictConfig, datamodule: Any) -> dict[str, Any]
             raise ConfigError(f"{', '.join(used)}: probe=sklearn fits probe.estimator on the whole training split, "
                               "not sft's loss or batches; weigh the classes in the estimator instead "
                               "(probe.estimator.class_weight=balanced).")
+    weights = [f"loss.{k}" for k in ("class_weights", "pos_weight") if k in loss]
+    if weights and datamodule.sampler_kind != "random":
+        log.warning("data.sampler=balanced with %s corrects the imbalance twice (rare classes drawn more often *and* "
+                    "weighted up: about 1 / count^2); use one of the two unless that is what you want.",
+                    " and ".join(weights))
     return loss
 
 
@@ -152,7 +158,7 @@ def callbacks_and_loggers(cfg: DictConfig) -> tuple[list[Any], list[Any]]:
 def trial_callbacks(cfg: DictConfig) -> list[Any]:
     """In a trial of an Optuna search with a pruner (the sweeper passes ``optuna_trial``: storage, study, trial
     number, pruner): the callback that reports the validation metric to the study and stops a pruned trial."""
-    trial = cfg.get("optuna_trial")
+    trial = cfg.get(TRIAL_KEY)
     if not trial:
         return []
     from sft.sweep_pruning import OptunaPruning

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sft.config import plain
 from sft.errors import ConfigError
+from sft.export import export_settings
 from sft.finetune import FREEZE_STRATEGIES
 from sft.finetune.strategy import FreezeSpec
 from sft.report.registry import check_report_settings
@@ -49,6 +50,10 @@ def check_config(cfg: DictConfig) -> None:
     if strategy not in FREEZE_STRATEGIES:
         raise ConfigError(f"freeze.strategy={strategy!r}: choose one of {list(FREEZE_STRATEGIES)}.")
     FreezeSpec.parse(plain(cfg.freeze))  # k, milestones, lr_decay, head_lr
+    export = export_settings(cfg.get("export", True))  # its keys, and the ONNX packages when export.onnx=true
+    if export.adapter and strategy != "lora":
+        raise ConfigError(f"export.adapter=true saves a LoRA adapter, but freeze={strategy} trains none: use "
+                          "freeze=lora, or drop export.adapter.")
     check_probe(cfg.get("probe"), cfg.freeze)
     if cfg.get("report") is not None:
         check_report_settings(plain(cfg.report))

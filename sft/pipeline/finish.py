@@ -34,7 +34,11 @@ def finish(fitted: Fitted, output_dir: Path, *, export: bool | ExportSettings = 
         if fitted.exportable:
             fitted.model.export(export_dir, fitted.datamodule)
             if settings.onnx:
-                export_onnx(export_dir)
+                try:
+                    export_onnx(export_dir)
+                except Exception as e:  # the trained model and its export stand: finish the run, say how to retry
+                    log.error("export.onnx=true: the ONNX export failed (%s: %s). The run and export/ are complete; "
+                              "retry with `python -m sft.export %s --format onnx`.", type(e).__name__, e, output_dir)
             if settings.adapter:
                 fitted.model.save_adapter(export_dir / ADAPTER_DIR)
         elif settings.onnx:

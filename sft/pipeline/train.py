@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from sft.errors import ConfigError
 from sft.export import export_settings
 from sft.pipeline.checks import check_config
 from sft.rundir import resume_checkpoint
@@ -22,10 +21,7 @@ log = logging.getLogger("sft")
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fine-tune, evaluate and export as ``cfg`` says; returns the flat metrics written to metrics.json."""
     check_config(cfg)
-    export = export_settings(cfg.get("export", True))
-    if export.adapter and OmegaConf.select(cfg, "freeze.strategy") != "lora":
-        raise ConfigError(f"export.adapter=true saves a LoRA adapter, but freeze={OmegaConf.select(cfg, 'freeze.strategy')}"
-                          " trains none: use freeze=lora, or drop export.adapter.")
+    export = export_settings(cfg.get("export", True))  # checked by check_config
     output_dir = Path(cfg.output_dir).expanduser().resolve()
     ckpt_path = resume_checkpoint(cfg.get("ckpt_path"), cfg.get("resume", "auto"), output_dir)  # fails fast
 

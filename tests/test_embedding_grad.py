@@ -51,10 +51,14 @@ def test_gradients_equal_the_dense_embedding_gradient_and_land_in_one_reused_buf
         stock.zero_grad(set_to_none=True)
         reused.zero_grad(set_to_none=True)
     assert buffers[0] == buffers[1]  # the second step wrote into the first step's buffer
+    _loss(reused, 3).backward()
+    kept = embedding.weight.grad  # the reused buffer, held here so its memory cannot be handed out again
+    assert kept.data_ptr() == buffers[0]
+    reused.zero_grad(set_to_none=True)
     undo()
     assert not embedding.sparse
-    _loss(reused, 3).backward()
-    assert embedding.weight.grad.data_ptr() != buffers[0]  # PyTorch's own dense gradient again
+    _loss(reused, 4).backward()
+    assert embedding.weight.grad.data_ptr() != kept.data_ptr()  # PyTorch's own dense gradient again
 
 
 @pytest.mark.parametrize("micro_batches", [1, 2])

@@ -1,9 +1,10 @@
 """Batching for variable-length token sequences: pad at collate time, group by length for training.
 
 Length grouping (HF's ``group_by_length``): shuffle, cut into chunks of ``chunk_batches`` batches, sort
-each chunk by length, then shuffle the batches. A balanced sampler (``data.sampler=balanced``) replaces the
-shuffle with a seeded weighted draw of the epoch's indices and length-groups that list the same way. SST-2 rows average 13 tokens but random batches of 32
-pad to 40; grouped batches pad to 14, which is most of the training speed-up.
+each chunk by length, then shuffle the batches. SST-2 rows average 13 tokens but random batches of 32
+pad to 40; grouped batches pad to 14, which is most of the training speed-up. A balanced sampler
+(``data.sampler=balanced``) replaces the shuffle with a seeded weighted draw of the epoch's indices and
+length-groups that list the same way.
 """
 
 from __future__ import annotations

@@ -301,3 +301,37 @@ def test_the_trial_note_to_the_job_reads_back_as_the_same_values():
                        "z": True, "w": [1, "${x}"]}}
     parsed = OverridesParser.create().parse_overrides([f"+optuna_trial={override_value(node)}"])[0]
     assert OmegaConf.to_container(OmegaConf.create({"trial": parsed.value()}), resolve=True)["trial"] == node
+
+
+def test_pruning_reports_only_fits_validations_not_the_final_evaluation(tiny_bert, tmp_path):
+    """The final evaluation of the best checkpoint runs on the same trainer: the pruning callback must neither add
+    it to the trial's curve nor prune a trial that has finished training (with a pruner that prunes any value)."""
+    from functools import partial
+
+    import lightning as L
+    import torch
+
+    from sft.data.text import sample
+    from sft.models.classifier import TextClassifier
+    from sft.sweep_pruning import OptunaPruning
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="sft", storage=storage, direction="maximize")
+    trial = study.ask()
+    always = optuna.pruners.ThresholdPruner(lower=2.0)  # val/acc is always below 2: prune at the first report
+    pruning = OptunaPruning(storage, "sft", trial.number, always, monitor="val/acc")
+    dm = sample(tokenizer=tiny_bert, batch_size=32, train_size=64)
+
+    def model_and_trainer() -> tuple[TextClassifier, L.Trainer]:
+        model = TextClassifier(tiny_bert, num_labels=2, id2label=dict(enumerate(dm.label_names)),
+                               optimizer=partial(torch.optim.AdamW, lr=1e-3))
+        return model, L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, callbacks=[pruning], num_sanity_val_steps=0)
+
+    model, trainer = model_and_trainer()
+    trainer.validate(model, datamodule=dm)  # outside fit: ignored
+    assert optuna.load_study(study_name="sft", storage=storage).trials[0].intermediate_values == {}
+    model, trainer = model_and_trainer()
+    with pytest.raises(optuna.TrialPruned):  # inside fit: reported, and pruned
+        trainer.fit(model, datamodule=dm)
+    assert list(optuna.load_study(study_name="sft", storage=storage).trials[0].intermediate_values) == [2]

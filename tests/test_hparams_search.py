@@ -335,3 +335,22 @@ def test_pruning_reports_only_fits_validations_not_the_final_evaluation(tiny_ber
     with pytest.raises(optuna.TrialPruned):  # inside fit: reported, and pruned
         trainer.fit(model, datamodule=dm)
     assert list(optuna.load_study(study_name="sft", storage=storage).trials[0].intermediate_values) == [2]
+
+
+@pytest.mark.subprocess
+@pytest.mark.multirun
+def test_max_failure_rate_counts_the_whole_search_not_each_batch(tiny_bert, tmp_path):
+    """One trial at a time (n_jobs=1) and max_failure_rate=0.5: a NaN trial after a completed one is 1 failure in 2
+    (the search goes on); counted per batch it was 1 in 1 and stopped the search at once."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "sft.run", "hparams_search=optuna_tpe", "hydra/sweeper/sampler=grid", "hydra.sweeper.params=null",
+            "optimizer.lr=choice(1e-3,1e12,3e-3)", "hydra.sweeper.max_failure_rate=0.5", "export=false",
+            f"model.name_or_path={tiny_bert}", f"hydra.sweep.dir={sweep}", *FAST, "data.train_size=64",
+            "trainer.max_epochs=2"]
+    done = python(args, env=child_env())
+    states = [t.state.name for t in sorted(_study(sweep).trials, key=lambda t: t.number)]
+    if states[0] == "FAIL":  # the grid's seeded order put the NaN trial first: 1 in 1 stops either way
+        assert done.returncode != 0 and states == ["FAIL"], states
+    else:
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert sorted(states) == ["COMPLETE", "COMPLETE", "FAIL"], states

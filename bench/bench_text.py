@@ -40,8 +40,6 @@ from harness import fmt
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SST2 = harness.SHARED_DATA / "sst2"
-ALL_PEERS = ("plain", "plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft", "sft_random_batches",
-             "sft_torch_dropout", "sft_dense_embedding_grad", "sft_onednn_cache_64", "sft_lora", "sft_lora_lr1e3", "sft_lora_all")
 DEFAULT_PEERS = ("plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft")
 
 SEED = 0
@@ -430,6 +428,7 @@ PEERS = {
     "sft_random_batches": lambda args: peer_sft(args, group_by_length=False),
     **{name: functools.partial(peer_sft, group_by_length=True, ablation=name) for name in SFT_ABLATIONS},
 }
+ALL_PEERS = tuple(PEERS)
 
 
 def run_child(args: argparse.Namespace) -> int:

@@ -317,6 +317,7 @@ def test_compose_freeze_lora_sets_the_adapter_learning_rate(compose_cfg):
     assert compose_cfg("freeze=lora", "freeze.r=16").freeze.r == 16
 
 
+@pytest.mark.slow  # three subprocess runs (~35 s): make test-slow, which CI runs too
 @pytest.mark.subprocess
 def test_lora_killed_mid_epoch_resumes_exactly(tiny_bert, tmp_path):
     """The shipped callbacks, LoRA's default learning rate: a SIGKILL mid-epoch, then the same command, ends with

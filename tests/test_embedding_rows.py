@@ -5,14 +5,13 @@ it on and off again."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from torch import nn
 
-from sft.models.embedding_rows import train_used_rows
+from sft.models.embedding_rows import NUM_ROWS, USED_ROWS, expand_checkpoint, train_used_rows
 from sft.pipeline.train import train
 
 USED = torch.arange(1000, 1400)  # the "training vocabulary" of the batches below
@@ -77,10 +76,19 @@ def test_training_equals_updating_the_whole_embedding(stock_model, fused: bool, 
     unused = torch.ones(_words(whole).shape[0], dtype=torch.bool)
     unused[USED] = False
     assert not torch.equal(_words(whole)[unused], _words(stock_model)[unused])  # the decay did shrink them
-    # The optimizer holds the whole embedding again, with full-size moments equal to the whole matrix's.
+    # The optimizer holds the whole embedding again; its moments stay compact (nothing allocated at the end of a
+    # fit) until it steps again, which expands them and goes on like the whole matrix's optimizer.
+    held = [p for g in opt_rows.param_groups for p in g["params"]]
+    assert any(p is _words(rows) for p in held) and not rows.bert.embeddings.word_embeddings.sparse
+    assert opt_rows.state[_words(rows)]["exp_avg"].shape == (len(USED), _words(rows).shape[1])
+    _step(whole, opt_whole, 50, micro_batches)
+    _step(rows, opt_rows, 50, micro_batches)
     full = opt_rows.state[_words(rows)]
+    assert USED_ROWS not in full
     for key in ("exp_avg", "exp_avg_sq"):
         torch.testing.assert_close(full[key], opt_whole.state[_words(whole)][key])
+    for (name, a), b in zip(whole.named_parameters(), rows.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0.0 if micro_batches == 1 else 1e-5, msg=name)
 
 
 def test_eval_and_checkpoints_see_the_whole_matrix_as_trained(stock_model) -> None:
@@ -90,14 +98,22 @@ def test_eval_and_checkpoints_see_the_whole_matrix_as_trained(stock_model) -> No
     for step in range(3):
         _step(whole, opt_whole, step)
         _step(rows, opt_rows, step)
-    # A checkpoint mid-fit: the model state holds the decayed embedding, the optimizer state full-size moments.
+    # A checkpoint mid-fit: the model state holds the decayed embedding; the optimizer state the used rows' moments
+    # with their ids, which sft expands when it loads the checkpoint: then equal to the whole matrix's.
     # (Copied, as a checkpoint file would be: a state dict shares its tensors with the live model and optimizer.)
     model_state, optimizer_state = copy.deepcopy(rows.state_dict()), copy.deepcopy(opt_rows.state_dict())
     torch.testing.assert_close(model_state["bert.embeddings.word_embeddings.weight"], _words(whole), rtol=1e-6, atol=0)
-    assert optimizer_state["state"].keys() == opt_whole.state_dict()["state"].keys()
+    saved = [st for st in optimizer_state["state"].values() if USED_ROWS in st]
+    assert len(saved) == 1 and saved[0]["exp_avg"].shape == (len(USED), _words(rows).shape[1])
+    assert saved[0][USED_ROWS] == USED.tolist() and saved[0][NUM_ROWS] == _words(rows).shape[0]
+    checkpoint = {"optimizer_states": [copy.deepcopy(optimizer_state)]}
+    expand_checkpoint(checkpoint)
+    expanded = checkpoint["optimizer_states"][0]
+    assert expanded["state"].keys() == opt_whole.state_dict()["state"].keys()
     for index, state in opt_whole.state_dict()["state"].items():
+        assert expanded["state"][index].keys() == state.keys()
         for key, value in state.items():
-            torch.testing.assert_close(optimizer_state["state"][index][key], value, msg=f"{index}/{key}")
+            torch.testing.assert_close(expanded["state"][index][key], value, msg=f"{index}/{key}")
     # Eval mode reads every row, ids the training data never held included.
     rows.eval(), whole.eval()
     unseen = _batch(99, low=5000, high=6000)
@@ -108,12 +124,13 @@ def test_eval_and_checkpoints_see_the_whole_matrix_as_trained(stock_model) -> No
     plain = copy.deepcopy(stock_model)
     plain.load_state_dict(model_state)
     opt_plain = _adamw(plain, lr=1e-2, fused=True)
-    opt_plain.load_state_dict(optimizer_state)
+    opt_plain.load_state_dict(expanded)
     again = copy.deepcopy(plain)
     opt_again = _adamw(again, lr=1e-2, fused=True)
-    opt_again.load_state_dict(copy.deepcopy(optimizer_state))
+    opt_again.load_state_dict(copy.deepcopy(expanded))
     assert train_used_rows(again, opt_again, USED) is not None  # resumed moments are zero outside the rows
-    # Lightning restores the optimizer after on_fit_start, where the rows are set up: loaded into the compact rows.
+    # Lightning restores the optimizer after on_fit_start, where the rows are set up: the saved compact state (or
+    # an expanded one) is loaded into the compact rows.
     late = copy.deepcopy(plain)
     opt_late = _adamw(late, lr=1e-2, fused=True)
     assert train_used_rows(late, opt_late, USED) is not None
@@ -227,4 +244,13 @@ def test_a_cpu_fit_trains_the_used_rows_and_equals_a_fit_over_the_whole_embeddin
              for run in ("rows", "whole")]
     key = "model.bert.embeddings.word_embeddings.weight"
     torch.testing.assert_close(saved[0]["state_dict"][key], saved[1]["state_dict"][key], rtol=1e-5, atol=1e-7)
-    assert Path(tmp_path / "rows" / "checkpoints" / "last.ckpt").is_file()
+    # The checkpoint holds the used rows' moments (smaller file); expanded as sft loads it, they are the whole fit's.
+    (compact,) = [s for s in saved[0]["optimizer_states"][0]["state"].values() if USED_ROWS in s]
+    assert compact["exp_avg"].shape[0] == len(used)
+    sizes = [(tmp_path / run / "checkpoints" / "last.ckpt").stat().st_size for run in ("rows", "whole")]
+    assert sizes[0] < sizes[1]
+    expand_checkpoint(saved[0])
+    for index, state in saved[1]["optimizer_states"][0]["state"].items():
+        for name, value in state.items():
+            torch.testing.assert_close(saved[0]["optimizer_states"][0]["state"][index][name], value, rtol=1e-4,
+                                       atol=1e-7, msg=f"{index}/{name}")

@@ -92,6 +92,21 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_bert, tmp_path, point, u
 
 
 @pytest.mark.subprocess
+def test_a_cpu_checkpoint_resumes_with_the_whole_embedding_in_the_optimizer(tiny_bert, tmp_path, uninterrupted):
+    """A CPU fit saves its word embedding's moments for the used rows only (sft.models.embedding_rows); resumed
+    where the optimizer holds the whole matrix (a GPU, DDP, or the lever turned off) it ends like the
+    uninterrupted run."""
+    run_dir = tmp_path / "killed"
+    every_50 = "callbacks.last_checkpoint.every_n_train_steps=50"
+    killed = run_cli(common(tiny_bert, run_dir, every_50, *kill_at(52)))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = run_cli(common(tiny_bert, run_dir, every_50, "+model.embedding_used_rows=false"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout + resumed.stderr
+    assert_same_run(outcome(run_dir), uninterrupted["epochs"])
+
+
+@pytest.mark.subprocess
 def test_slurm_requeue_checkpoint_resumes_exactly(tiny_bert, tmp_path, uninterrupted):
     """SLURM's USR1 ("time is almost up") lands between backward and the optimizer step; Lightning's requeue handler
     saves hpc_ckpt_1.ckpt (at the next batch boundary, sft's doing) and the job is killed later. The requeued job

@@ -19,7 +19,7 @@ from sft.finetune.strategy import FreezeSpec
 from sft.models.backbones import load_task_model, resolve_name_or_path
 from sft.models.dropout import use_fast_cpu_dropout
 from sft.models.embedding_grad import reuse_embedding_grad_buffers
-from sft.models.embedding_rows import train_used_rows
+from sft.models.embedding_rows import expand_checkpoint, train_used_rows
 from sft.optim import build_optimizer, build_scheduler, check_optimizer
 from sft.tasks import Task, make_task, task_from_dict
 from sft.tasks.imbalance import Criterion
@@ -443,6 +443,8 @@ class Classifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_lora_checkpoint(checkpoint)
+        # Before Lightning loads the optimizer states: a CPU fit saved its word embedding's moments compact.
+        expand_checkpoint(checkpoint)
         state = checkpoint.get("rng_state")
         if state is not None:
             torch.set_rng_state(state["torch"])

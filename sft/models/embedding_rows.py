@@ -10,8 +10,11 @@ saved. Training is equal to updating the whole matrix: bit for bit on the used r
 decay product on the others. An optimizer step over k rows instead of n, and three n x d tensors fewer (gradient,
 two moments): 7-10% of a MiniLM step and ~100 MB here (bench/README.md).
 
-Checkpoints stay ordinary: the model's state holds the whole embedding, the optimizer's the full-size moments
-(zeros outside the used rows), so a checkpoint resumes with or without this.
+The model's state in a checkpoint holds the whole embedding. The optimizer's holds the used rows' moments with their
+token ids (``USED_ROWS``, ``NUM_ROWS``), not n x d tensors that are zero elsewhere: 70 MB less to write for MiniLM,
+and no full-size copies allocated at every save (they were the fit's peak memory). sft expands them when it loads a
+checkpoint (:func:`expand_used_rows`, from ``Classifier.on_load_checkpoint``), so it resumes with or without this,
+on a CPU or a GPU.
 """
 
 from __future__ import annotations
@@ -24,6 +27,29 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
+
+# Keys beside a compact parameter state in a saved optimizer state: the token ids of its rows (a list), the
+# embedding's number of rows.
+USED_ROWS, NUM_ROWS = "sft_used_rows", "sft_num_rows"
+
+
+def expand_used_rows(state: dict[str, Any]) -> dict[str, Any]:
+    """One parameter's saved optimizer state with the full-size moments of the whole embedding (zeros outside the
+    used rows) where it was saved compact; any other state as it is."""
+    if USED_ROWS not in state:
+        return state
+    state = dict(state)
+    rows, num_rows = torch.as_tensor(state.pop(USED_ROWS), dtype=torch.long), int(state.pop(NUM_ROWS))
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape[0] == len(rows):
+            state[key] = value.new_zeros((num_rows, value.shape[1])).index_copy_(0, rows, value)
+    return state
+
+
+def expand_checkpoint(checkpoint: dict[str, Any]) -> None:
+    """Every compact embedding state in a Lightning checkpoint's optimizer states made full-size, in place."""
+    for optimizer_state in checkpoint.get("optimizer_states") or []:
+        optimizer_state["state"] = {i: expand_used_rows(s) for i, s in optimizer_state.get("state", {}).items()}
 
 
 def decoupled_decay(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> bool | None:
@@ -58,7 +84,7 @@ class UsedRows:
         self.handles = [
             weight.register_post_accumulate_grad_hook(self._gather_grad),
             optimizer.register_step_post_hook(self._after_step),
-            optimizer.register_state_dict_post_hook(self._full_state),
+            optimizer.register_state_dict_post_hook(self._saved_state),
             embedding.register_state_dict_pre_hook(lambda *_: self.sync()),
             embedding.register_forward_pre_hook(self._before_forward),
             # Lightning restores a resumed run's optimizer after on_fit_start, where this was set up. (Last: see undo.)
@@ -77,6 +103,7 @@ class UsedRows:
         state = self.optimizer.state.pop(self.weight, None) or self.optimizer.state.pop(self.rows, None)
         if not state:
             return
+        state = expand_used_rows(state)  # saved compact, maybe over another training vocabulary
         moments = [v for v in state.values() if _full(v, self.weight)]
         if moments and not _only_on(moments, self.used):
             # Moments outside these rows (an optimizer resumed from a fit on other data): the whole matrix trains.
@@ -129,21 +156,20 @@ class UsedRows:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         return next(i for i, p in enumerate(params) if p is self.rows)
 
-    def _full_state(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+    def _saved_state(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
         index = self._index()
-        compact = state_dict["state"].get(index)
-        if compact:
-            state_dict["state"][index] = {k: self._expand(v) if _full(v, self.rows) else v for k, v in compact.items()}
-
-    def _expand(self, value: torch.Tensor) -> torch.Tensor:
-        full = value.new_zeros(self.weight.shape)
-        return full.index_copy_(0, self.used, value)
+        if state_dict["state"].get(index):
+            # The ids as a list: optimizer.load_state_dict casts every tensor of a state to the parameter's dtype.
+            state_dict["state"][index] = {**state_dict["state"][index], USED_ROWS: self.used.tolist(),
+                                          NUM_ROWS: self.weight.shape[0]}
 
     def _active(self) -> bool:
         return any(p is self.rows for p in self.group["params"])
 
     def undo(self, keep_last_hook: bool = False) -> None:
-        """The optimizer holds the whole embedding again, with full-size moments."""
+        """The optimizer holds the whole embedding again. Its moments stay compact, in the saved format, until the
+        optimizer steps again: after a fit it is usually dropped (sft frees it), so the end of a fit allocates no
+        full-size moments (they would be its peak memory)."""
         if not self._active():  # undone already
             return
         self.sync()
@@ -153,9 +179,19 @@ class UsedRows:
         self._swap(self.rows, self.weight)
         state = self.optimizer.state.pop(self.rows, None)
         if state:
-            self.optimizer.state[self.weight] = {k: self._expand(v) if _full(v, self.rows) else v
-                                                 for k, v in state.items()}
+            self.optimizer.state[self.weight] = {**state, USED_ROWS: self.used.tolist(),
+                                                 NUM_ROWS: self.weight.shape[0]}
+            self.optimizer.register_step_pre_hook(_expand_before_step(self.weight))
         self.rows.grad = self.buffer = None
+
+
+def _expand_before_step(weight: torch.Tensor) -> Callable[..., None]:
+    def expand(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        state = optimizer.state.get(weight)
+        if state and USED_ROWS in state:
+            optimizer.state[weight] = expand_used_rows(state)
+
+    return expand
 
 
 def _full(value: Any, param: torch.Tensor) -> bool:

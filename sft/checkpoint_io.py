@@ -50,6 +50,34 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=True)
 
 
+FINGERPRINT_KEY = "weights_fingerprint"
+
+
+def weights_fingerprint(state: Any) -> dict[str, float]:
+    """Each floating-point tensor's sum (float64) in a state dict: what a checkpoint records of the weights it holds,
+    so that whoever holds weights can tell, without reading the checkpoint's, whether they are the same."""
+    import torch
+
+    def total(value: torch.Tensor) -> float:  # in slices: a float64 sum of a whole tensor copies it to float64
+        return sum(float(part.sum(dtype=torch.float64)) for part in value.detach().reshape(-1).split(1 << 20))
+
+    return {key: total(value) for key, value in state.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point()}
+
+
+def holds_checkpoint_weights(module: Any, path: str | Path) -> bool:
+    """Whether ``module`` (a LightningModule) already holds the weights of the checkpoint at ``path``, by their
+    fingerprint: reading it maps none of the checkpoint's tensors (loading them again would: as much memory as the
+    weights, the peak of a fit that evaluates its final state). False where the checkpoint has no fingerprint."""
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(FINGERPRINT_KEY)
+    if not saved:
+        return False
+    state = module.state_dict()
+    return all(key in state for key in saved) and weights_fingerprint({k: state[k] for k in saved}) == saved
+
+
 @dataclass(frozen=True)
 class SavedCheckpoint:
     path: Path

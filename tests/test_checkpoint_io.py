@@ -83,3 +83,41 @@ def test_fit_frees_gradients_and_optimizer_moments_before_evaluation(tiny_cfg):
     assert metrics["fit/global_step"] > 0 and "test/acc" in metrics  # trained, then evaluated as usual
     last = torch.load(Path(tiny_cfg().output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["optimizer_states"][0]["state"], "the checkpoint keeps the moments"
+
+
+def test_a_weights_fingerprint_tells_the_same_weights_from_others(tmp_path):
+    from sft.checkpoint_io import FINGERPRINT_KEY, holds_checkpoint_weights, weights_fingerprint
+
+    module = torch.nn.Sequential(torch.nn.Embedding(3000, 16), torch.nn.BatchNorm1d(16))
+    state = module.state_dict()
+    path = tmp_path / "a.ckpt"
+    torch.save({"state_dict": state, FINGERPRINT_KEY: weights_fingerprint(state)}, path)
+    assert holds_checkpoint_weights(module, path)
+    with torch.no_grad():
+        module[0].weight[1234, 5] += 1e-6  # one weight, by less than a step of fine-tuning moves it
+    assert not holds_checkpoint_weights(module, path)
+    torch.save({"state_dict": module.state_dict()}, path)  # a checkpoint without a fingerprint: never assumed
+    assert not holds_checkpoint_weights(module, path)
+
+
+@pytest.mark.parametrize("best_is_final", [True, False])
+def test_the_final_evaluation_loads_the_best_checkpoint_unless_the_model_holds_it(tiny_cfg, caplog, best_is_final):
+    """After fit the evaluated weights are the best checkpoint's. When that is the final state (one epoch here) the
+    model holds them and they are evaluated as they are (no second mapping of the weights); when an earlier epoch
+    was best (val/loss maximised, so epoch 1 of 3), they are loaded."""
+    import logging
+
+    overrides = ["trainer.max_epochs=1"] if best_is_final else [
+        "trainer.max_epochs=3", "optimized_metric=val/loss", "callbacks.model_checkpoint.mode=max",
+        "callbacks.early_stopping=null"]
+    with caplog.at_level(logging.INFO, logger="sft"):
+        metrics = train(tiny_cfg("data.train_size=64", "export=false", *overrides))
+    held = any("evaluating them as they are" in r.getMessage() for r in caplog.records)
+    assert held == best_is_final
+    cfg_dir = Path(tiny_cfg().output_dir) / "checkpoints"
+    (best,) = cfg_dir.glob("best-*.ckpt")
+    saved = torch.load(best, map_location="cpu", weights_only=True)
+    callback = next(v for k, v in saved["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    # The reported validation is the best checkpoint's, whichever way its weights got into the model.
+    assert metrics[callback["monitor"]] == pytest.approx(float(callback["best_model_score"]), rel=1e-4)
+    assert (saved["global_step"] == metrics["fit/global_step"]) == best_is_final

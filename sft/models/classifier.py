@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torchmetrics import Metric, MetricCollection
 
+from sft.checkpoint_io import FINGERPRINT_KEY, weights_fingerprint
 from sft.errors import ConfigError, TrainingDiverged
 from sft.export import export_text_model
 from sft.finetune.blocks import block_map, group_modules
@@ -437,14 +438,17 @@ class Classifier(L.LightningModule):
             checkpoint["lora"] = {"base_checksum": self._base_checksum, "peft_version": _peft_version()}
         # RNG state, so a run resumed mid-epoch draws the same dropout masks as an uninterrupted one.
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        checkpoint[FINGERPRINT_KEY] = weights_fingerprint(checkpoint["state_dict"])
         checkpoint["freeze_state"] = self.group_state()  # for inspection; resume recomputes it from progress
         if torch.cuda.is_available():
             checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_lora_checkpoint(checkpoint)
-        # Before Lightning loads the optimizer states: a CPU fit saved its word embedding's moments compact.
-        expand_checkpoint(checkpoint)
+        if self._trainer is not None and self._trainer.state.fn == "fit":
+            # Before Lightning loads the optimizer states: a CPU fit saved its word embedding's moments compact.
+            # (Not for validate / test, which load no optimizer: that would map and copy them for nothing.)
+            expand_checkpoint(checkpoint)
         state = checkpoint.get("rng_state")
         if state is not None:
             torch.set_rng_state(state["torch"])

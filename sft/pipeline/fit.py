@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict
 
 from sft.callbacks import EPOCHS_KEY, LastCheckpoint, epochs_trained, read_finished, worker_launcher
+from sft.checkpoint_io import holds_checkpoint_weights
 from sft.devices import auto_precision, evaluation_precision, limit_onednn_cache
 from sft.errors import ConfigError
 from sft.loggers import discard_previous_metrics
@@ -157,14 +158,26 @@ def fit_lightning(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path
         log.info("Best checkpoint: %s", best)
     # Named explicitly: with ckpt_path=None under SLURM, Lightning would evaluate its hpc_ckpt instead.
     evaluated = best or last_checkpoint(callbacks)
-    if evaluated:  # the weights that are validated, tested, exported and reported
-        model.load_checkpoint_weights(torch.load(evaluated, map_location="cpu", weights_only=True, mmap=True))
-    metrics = _validate_and_test(cfg, model, fit_datamodule, trainer, evaluated, eval_precision, loggers, output_dir,
+    # The weights that are validated, tested, exported and reported: loaded by validate(ckpt_path=...), unless the
+    # fitted model holds them already (the best checkpoint is the final state): loading them maps as much memory as
+    # the weights, the peak of such a fit. Under SLURM always named: Lightning would otherwise pick its hpc_ckpt.
+    loaded = evaluated
+    if (evaluated and finished is None and trainer.world_size == 1 and not _under_slurm()
+            and holds_checkpoint_weights(model, evaluated)):
+        log.info("The model holds the weights of %s: evaluating them as they are.", evaluated)
+        loaded = None
+    metrics = _validate_and_test(cfg, model, fit_datamodule, trainer, loaded, eval_precision, loggers, output_dir,
                                  **strategy)
     metrics.update({"fit/seconds": fit_seconds, "fit/epochs": float(epochs), "fit/global_step": float(steps)})
     metrics.update(parameter_counts(model))
     return Fitted(model, datamodule, metrics, is_global_zero=trainer.is_global_zero,
                   device=trainer.strategy.root_device)
+
+
+def _under_slurm() -> bool:
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment.detect()
 
 
 def release_training_state(model: Any, trainer: Any) -> None:

@@ -91,6 +91,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_bert, tmp_path, point, u
     assert len(starts) == 2, "run.json keeps a record of both starts"
 
 
+@pytest.mark.slow  # ~45 s; make test stays under 15 min (the other kills above resume with the used rows)
 @pytest.mark.subprocess
 def test_a_cpu_checkpoint_resumes_with_the_whole_embedding_in_the_optimizer(tiny_bert, tmp_path, uninterrupted):
     """A CPU fit saves its word embedding's moments for the used rows only (sft.models.embedding_rows); resumed

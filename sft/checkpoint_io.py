@@ -58,11 +58,19 @@ def weights_fingerprint(state: Any) -> dict[str, float]:
     so that whoever holds weights can tell, without reading the checkpoint's, whether they are the same."""
     import torch
 
-    def total(value: torch.Tensor) -> float:  # in slices: a float64 sum of a whole tensor copies it to float64
-        return sum(float(part.sum(dtype=torch.float64)) for part in value.detach().reshape(-1).split(1 << 20))
-
-    return {key: total(value) for key, value in state.items()
-            if isinstance(value, torch.Tensor) and value.is_floating_point()}
+    sums: dict[str, Any] = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            value = value.detach()
+            if value.device.type == "cpu":  # in slices: a float64 sum of a whole CPU tensor copies it to float64
+                sums[key] = sum(float(part.sum(dtype=torch.float64)) for part in value.reshape(-1).split(1 << 20))
+            else:  # on the device, brought over together: one synchronisation
+                sums[key] = value.sum(dtype=torch.float64)
+    on_device = [key for key, value in sums.items() if isinstance(value, torch.Tensor)]
+    if on_device:
+        values = torch.stack([sums[key].cpu() for key in on_device]).tolist()
+        sums.update(zip(on_device, values, strict=True))
+    return sums
 
 
 def holds_checkpoint_weights(module: Any, path: str | Path) -> bool:

@@ -254,3 +254,69 @@ def test_a_cpu_fit_trains_the_used_rows_and_equals_a_fit_over_the_whole_embeddin
         for name, value in state.items():
             torch.testing.assert_close(saved[0]["optimizer_states"][0]["state"][index][name], value, rtol=1e-4,
                                        atol=1e-7, msg=f"{index}/{name}")
+
+
+def test_a_schedule_resumed_with_the_rows_set_up_first_decays_every_row_at_its_lr(stock_model) -> None:
+    """Lightning sets the rows up (on_fit_start) and then loads the optimizer and scheduler states, which replaces
+    the optimizer's parameter groups: the decay of the unused rows must follow the new groups' learning rate."""
+    def schedule(optimizer):
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+
+    whole, first = copy.deepcopy(stock_model), copy.deepcopy(stock_model)
+    opt_whole, opt_first = _adamw(whole, lr=1e-1), _adamw(first, lr=1e-1)
+    sched_whole, sched_first = schedule(opt_whole), schedule(opt_first)
+    train_used_rows(first, opt_first, USED)
+    for step in range(2):
+        for model, optimizer, scheduler in ((whole, opt_whole, sched_whole), (first, opt_first, sched_first)):
+            _step(model, optimizer, step)
+            scheduler.step()
+    saved = copy.deepcopy({"model": first.state_dict(), "optimizer": opt_first.state_dict(),
+                           "scheduler": sched_first.state_dict()})
+    resumed = copy.deepcopy(stock_model)
+    resumed.load_state_dict(saved["model"])
+    opt_resumed = _adamw(resumed, lr=1e-1)
+    sched_resumed = schedule(opt_resumed)
+    train_used_rows(resumed, opt_resumed, USED)  # on_fit_start, then the restore
+    opt_resumed.load_state_dict(saved["optimizer"])
+    sched_resumed.load_state_dict(saved["scheduler"])
+    for step in range(2, 5):
+        for model, optimizer, scheduler in ((whole, opt_whole, sched_whole), (resumed, opt_resumed, sched_resumed)):
+            _step(model, optimizer, step)
+            scheduler.step()
+    torch.testing.assert_close(_words(resumed), _words(whole), rtol=1e-6, atol=0)
+
+
+def test_a_write_to_the_embedding_between_steps_is_kept(stock_model) -> None:
+    """A weight-averaging callback swaps other weights in for validation and back, or copies its average in: the
+    embedding as written is what the next step updates, as it is for the whole matrix."""
+    whole, rows = copy.deepcopy(stock_model), copy.deepcopy(stock_model)
+    opt_whole, opt_rows = _adamw(whole, lr=1e-2), _adamw(rows, lr=1e-2)
+    undo = train_used_rows(rows, opt_rows, USED)
+    for step in range(2):
+        _step(whole, opt_whole, step)
+        _step(rows, opt_rows, step)
+    for model in (whole, rows):
+        with torch.no_grad():
+            _words(model)[USED[:5]] = 0.5  # used rows
+            _words(model)[[7, 20000]] = -0.5  # rows no batch holds
+    for step in range(2, 4):
+        _step(whole, opt_whole, step)
+        _step(rows, opt_rows, step)
+    undo()
+    torch.testing.assert_close(_words(rows), _words(whole), rtol=1e-6, atol=0)
+    with torch.no_grad():
+        _words(rows).fill_(7.0)  # after the fit (an average copied in at train end): nothing undoes it
+    undo()
+    assert bool((_words(rows) == 7.0).all())
+
+
+def test_refused_for_a_shared_embedding_or_max_norm(stock_model) -> None:
+    from transformers import T5Config, T5ForSequenceClassification
+
+    t5 = T5ForSequenceClassification(T5Config(vocab_size=2000, d_model=16, d_ff=32, num_layers=1, num_heads=2,
+                                              d_kv=8, num_labels=2))
+    assert t5.get_input_embeddings().weight is t5.transformer.encoder.embed_tokens.weight  # shared with the encoder
+    assert train_used_rows(t5, torch.optim.AdamW(t5.parameters()), USED) is None
+    renormed = copy.deepcopy(stock_model)
+    renormed.bert.embeddings.word_embeddings.max_norm = 1.0  # rewritten in place by every forward
+    assert train_used_rows(renormed, _adamw(renormed, lr=1e-3), USED) is None

@@ -246,8 +246,8 @@ class TextDataModule(ClassificationDataModule):
         dataset = self.datasets.get("train")
         if dataset is None:
             return None
-        pad = torch.tensor([self.tokenizer.pad_token_id or 0])
-        return torch.unique(torch.cat([dataset.ids.long(), pad]))
+        ids = torch.unique(dataset.ids)  # in the split's own (small) integer type: no long copy of every token
+        return torch.unique(torch.cat([ids.long(), torch.tensor([self.tokenizer.pad_token_id or 0])]))
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: TokenizedSplit, **kwargs: Any) -> DataLoader:

@@ -308,10 +308,13 @@ class Classifier(L.LightningModule):
             self._ddp_reduced = {id(p) for p in self.parameters() if p.requires_grad}
         self.apply_freeze()
         log.info("Trainable parameters by group (%s):\n%s", self.freeze, self.freeze_table())
-        if self.device.type == "cpu" and self.trainer.world_size == 1:
+        from lightning.pytorch.strategies import SingleDeviceStrategy
+
+        # One process without a DDP wrapper (DDP with one device still reduces a dense embedding gradient).
+        if self.device.type == "cpu" and isinstance(self.trainer.strategy, SingleDeviceStrategy):
             self._undo_embedding_grad_buffers = self._cpu_embedding_gradients()
 
-    def _cpu_embedding_gradients(self) -> Callable[[], None] | None:
+    def _cpu_embedding_gradients(self) -> Callable[[], None]:
         """On a CPU in one process: the optimizer updates only the word-embedding rows the training data uses
         (``sft.models.embedding_rows``), and other large embeddings keep one gradient buffer for the fit
         (``sft.models.embedding_grad``); returns what undoes both."""
@@ -333,6 +336,11 @@ class Classifier(L.LightningModule):
         return undo_all
 
     def on_fit_end(self) -> None:
+        self.end_cpu_levers()
+
+    def end_cpu_levers(self) -> None:
+        """The model and optimizer as built again (plain embedding gradients, the optimizer over the whole
+        embedding). At the end of fit, and by sft.pipeline after a fit that ended without it (an interrupt)."""
         if self._undo_embedding_grad_buffers is not None:
             self._undo_embedding_grad_buffers()
             self._undo_embedding_grad_buffers = None
@@ -438,7 +446,8 @@ class Classifier(L.LightningModule):
             checkpoint["lora"] = {"base_checksum": self._base_checksum, "peft_version": _peft_version()}
         # RNG state, so a run resumed mid-epoch draws the same dropout masks as an uninterrupted one.
         checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
-        checkpoint[FINGERPRINT_KEY] = weights_fingerprint(checkpoint["state_dict"])
+        if self._trainer is None or self.trainer.world_size == 1:  # what sft.pipeline.fit reads (one process)
+            checkpoint[FINGERPRINT_KEY] = weights_fingerprint(checkpoint["state_dict"])
         checkpoint["freeze_state"] = self.group_state()  # for inspection; resume recomputes it from progress
         if torch.cuda.is_available():
             checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()

@@ -5,16 +5,18 @@ but a training set uses a fraction of the vocabulary (the first 4,000 SST-2 rows
 row that no training batch holds never gets a gradient: its Adam moments stay zero, so AdamW's update of it is the
 decoupled weight decay alone (Adam and SGD without weight decay: nothing). Here the optimizer holds a compact copy of
 the used rows (``rows``: k x d weights, gradient and moments instead of n x d) and writes it into the embedding after
-each step; the unused rows get the product of the decay factors whenever the embedding is read in eval mode or
-saved. Training is equal to updating the whole matrix: bit for bit on the used rows, up to float rounding of the
-decay product on the others. An optimizer step over k rows instead of n, and three n x d tensors fewer (gradient,
-two moments): 7-10% of a MiniLM step and ~100 MB here (bench/README.md).
+each step; with weight decay the whole embedding is first scaled by ``1 - lr * wd`` (one multiply, what AdamW does to
+a row without gradient). Training is equal to updating the whole matrix (the same elementwise update of every row; a
+gradient-accumulated sum is added row by row: equal up to float rounding). A write to the embedding from elsewhere
+between steps (a weight-averaging callback swapping weights in and out) is seen and taken into the rows. An optimizer
+step over k rows instead of n, and three n x d tensors fewer (gradient, two moments): 7-10% of a MiniLM step and
+~100 MB here (bench/README.md).
 
 The model's state in a checkpoint holds the whole embedding. The optimizer's holds the used rows' moments with their
 token ids (``USED_ROWS``, ``NUM_ROWS``), not n x d tensors that are zero elsewhere: 70 MB less to write for MiniLM,
 and no full-size copies allocated at every save (they were the fit's peak memory). sft expands them when it loads a
-checkpoint (:func:`expand_used_rows`, from ``Classifier.on_load_checkpoint``), so it resumes with or without this,
-on a CPU or a GPU.
+checkpoint for fit (:func:`expand_checkpoint`, from ``Classifier.on_load_checkpoint``), so it resumes with or without
+this, on a CPU or a GPU.
 """
 
 from __future__ import annotations
@@ -70,31 +72,35 @@ class UsedRows:
 
     def __init__(self, embedding: nn.Embedding, optimizer: torch.optim.Optimizer, group: dict[str, Any],
                  used: torch.Tensor):
-        self.embedding, self.optimizer, self.group = embedding, optimizer, group
+        self.embedding, self.optimizer = embedding, optimizer
         self.weight = weight = embedding.weight
         self.used = used
         self.slot = torch.full((weight.shape[0],), -1, dtype=torch.long)
         self.slot[used] = torch.arange(len(used))
         self.rows = nn.Parameter(weight.detach()[used].clone())
         self.decays = decoupled_decay(optimizer, group)
-        self.pending = 1.0  # the unused rows' decay not yet applied to the embedding
         self.buffer: torch.Tensor | None = None
-        self._swap(weight, self.rows)
+        params = group["params"]
+        params[next(i for i, p in enumerate(params) if p is weight)] = self.rows
         embedding.sparse = True  # the gradient of the rows a batch holds, gathered into ``rows.grad``
+        self.seen = weight._version  # the embedding as this last wrote it (a change: written from elsewhere)
         self.handles = [
             weight.register_post_accumulate_grad_hook(self._gather_grad),
+            optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
             optimizer.register_state_dict_post_hook(self._saved_state),
-            embedding.register_state_dict_pre_hook(lambda *_: self.sync()),
-            embedding.register_forward_pre_hook(self._before_forward),
             # Lightning restores a resumed run's optimizer after on_fit_start, where this was set up. (Last: see undo.)
             optimizer.register_load_state_dict_post_hook(lambda _: self._compact_state(loading=True)),
         ]
         self._compact_state()
 
-    def _swap(self, old: torch.Tensor, new: torch.Tensor) -> None:
-        params = self.group["params"]
-        params[next(i for i, p in enumerate(params) if p is old)] = new
+    def __deepcopy__(self, memo: dict) -> UsedRows:
+        # A deep copy of the model (an averaged model) copies the weight's hook: not this optimizer's state with it.
+        return self
+
+    def group(self) -> dict[str, Any]:
+        """The parameter group holding the rows (looked up each time: ``load_state_dict`` replaces the groups)."""
+        return next(g for g in self.optimizer.param_groups if any(p is self.rows for p in g["params"]))
 
     def _compact_state(self, loading: bool = False) -> None:
         """Full-size moments (a checkpoint's, zero outside the used rows) become the rows' own."""
@@ -109,8 +115,8 @@ class UsedRows:
             # Moments outside these rows (an optimizer resumed from a fit on other data): the whole matrix trains.
             log.info("The resumed optimizer has moments outside the training data's vocabulary: the whole word "
                      "embedding trains.")
-            self.optimizer.state[self.weight] = state
             self.undo(keep_last_hook=loading)  # (a hook cannot be removed while the optimizer runs its kind)
+            self.optimizer.state[self.weight] = state
             return
         self.optimizer.state[self.rows] = {k: v[self.used].clone() if _full(v, self.weight) else v
                                            for k, v in state.items()}
@@ -132,25 +138,21 @@ class UsedRows:
             self.rows.grad = self.buffer.zero_()
         self.rows.grad.index_add_(0, slots, grad._values().to(self.rows.dtype))
 
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.weight._version != self.seen:  # written from elsewhere since this last wrote it: that is the weight
+            with torch.no_grad():
+                self.rows.copy_(self.weight[self.used])
+            self.seen = self.weight._version
+
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self.rows.grad is None:  # the optimizer skipped the parameter, as it would have the whole embedding
             return
-        if self.decays:
-            self.pending *= 1.0 - float(self.group["lr"]) * float(self.group["weight_decay"])
         with torch.no_grad():
+            if self.decays:  # AdamW's decay of every row; the used rows are then overwritten with their update
+                group = self.group()
+                self.weight.mul_(1.0 - float(group["lr"]) * float(group["weight_decay"]))
             self.weight.index_copy_(0, self.used, self.rows)
-
-    def _before_forward(self, module: nn.Module, args: Any) -> None:
-        if not module.training:  # evaluation reads every row
-            self.sync()
-
-    def sync(self) -> None:
-        """Apply the unused rows' pending decay: the embedding is then what training the whole matrix gives."""
-        if self.pending != 1.0:
-            with torch.no_grad():
-                self.weight.mul_(self.pending)
-                self.weight.index_copy_(0, self.used, self.rows)
-            self.pending = 1.0
+        self.seen = self.weight._version
 
     def _index(self) -> int:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -164,7 +166,7 @@ class UsedRows:
                                           NUM_ROWS: self.weight.shape[0]}
 
     def _active(self) -> bool:
-        return any(p is self.rows for p in self.group["params"])
+        return any(p is self.rows for g in self.optimizer.param_groups for p in g["params"])
 
     def undo(self, keep_last_hook: bool = False) -> None:
         """The optimizer holds the whole embedding again. Its moments stay compact, in the saved format, until the
@@ -172,11 +174,11 @@ class UsedRows:
         full-size moments (they would be its peak memory)."""
         if not self._active():  # undone already
             return
-        self.sync()
         for handle in self.handles[:-1] if keep_last_hook else self.handles:
             handle.remove()
         self.embedding.sparse = False
-        self._swap(self.rows, self.weight)
+        params = self.group()["params"]
+        params[next(i for i, p in enumerate(params) if p is self.rows)] = self.weight
         state = self.optimizer.state.pop(self.rows, None)
         if state:
             self.optimizer.state[self.weight] = {**state, USED_ROWS: self.used.tolist(),
@@ -208,16 +210,23 @@ def _only_on(moments: list[torch.Tensor], used: torch.Tensor) -> bool:
 def train_used_rows(model: nn.Module, optimizer: torch.optim.Optimizer,
                     used_ids: torch.Tensor) -> Callable[[], None] | None:
     """Let ``optimizer`` update only the rows ``used_ids`` of ``model``'s input embedding (the token ids of the
-    training data, padding included); returns the undo, or None where this would not be exact (a frozen embedding,
-    L2 weight decay, another optimizer, a resumed optimizer with moments outside those rows)."""
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if type(embedding) is not nn.Embedding or embedding.sparse or not embedding.weight.requires_grad:
+    training data, padding included); returns the undo, or None where this would not be exact or not apply: a frozen
+    embedding, one shared with other modules (T5's encoder and decoder), ``max_norm`` (renormalised in the forward),
+    L2 weight decay, another optimizer, moments outside those rows."""
+    try:
+        embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except NotImplementedError:
+        return None
+    if (type(embedding) is not nn.Embedding or embedding.sparse or embedding.max_norm is not None
+            or not embedding.weight.requires_grad):
         return None
     weight = embedding.weight
+    if sum(p is weight for _, p in model.named_parameters(remove_duplicate=False)) > 1:  # tied: others read it too
+        return None
     group = next((g for g in optimizer.param_groups if any(p is weight for p in g["params"])), None)
     if group is None or decoupled_decay(optimizer, group) is None:
         return None
-    used = torch.unique(used_ids.long())
+    used = torch.unique(used_ids).long()
     if len(used) == 0 or int(used[0]) < 0 or int(used[-1]) >= weight.shape[0]:
         return None
     moments = [v for v in (optimizer.state.get(weight) or {}).values() if _full(v, weight)]

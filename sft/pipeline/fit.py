@@ -183,6 +183,8 @@ def _under_slurm() -> bool:
 def release_training_state(model: Any, trainer: Any) -> None:
     """Free the last step's gradients and the optimizer's moments (together three times the weights) once fit is
     over: the checkpoints hold them, and the evaluation, report and export that follow do not use them."""
+    if hasattr(model, "end_cpu_levers"):  # done at on_fit_end, unless the fit was interrupted
+        model.end_cpu_levers()
     model.zero_grad(set_to_none=True)
     for optimizer in trainer.optimizers:
         optimizer.state.clear()

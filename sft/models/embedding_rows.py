@@ -80,8 +80,7 @@ class UsedRows:
         self.rows = nn.Parameter(weight.detach()[used].clone())
         self.decays = decoupled_decay(optimizer, group)
         self.buffer: torch.Tensor | None = None
-        params = group["params"]
-        params[next(i for i, p in enumerate(params) if p is weight)] = self.rows
+        self._swap(weight, self.rows)
         embedding.sparse = True  # the gradient of the rows a batch holds, gathered into ``rows.grad``
         self.seen = weight._version  # the embedding as this last wrote it (a change: written from elsewhere)
         self.handles = [
@@ -98,9 +97,24 @@ class UsedRows:
         # A deep copy of the model (an averaged model) copies the weight's hook: not this optimizer's state with it.
         return self
 
+    def _where(self, param: torch.Tensor) -> tuple[dict[str, Any], int] | None:
+        """(parameter group, position in it) of ``param`` in the optimizer, looked up each time:
+        ``load_state_dict`` replaces the groups."""
+        return next(((g, i) for g in self.optimizer.param_groups for i, p in enumerate(g["params"]) if p is param),
+                    None)
+
+    def _swap(self, old: torch.Tensor, new: torch.Tensor) -> None:
+        group, i = self._where(old)
+        group["params"][i] = new
+
     def group(self) -> dict[str, Any]:
-        """The parameter group holding the rows (looked up each time: ``load_state_dict`` replaces the groups)."""
-        return next(g for g in self.optimizer.param_groups if any(p is self.rows for p in g["params"]))
+        """The parameter group holding the rows."""
+        return self._where(self.rows)[0]
+
+    def _saved(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The rows' optimizer state in the saved format: with the token ids of its rows (a list:
+        optimizer.load_state_dict casts every tensor of a state to the parameter's dtype)."""
+        return {**state, USED_ROWS: self.used.tolist(), NUM_ROWS: self.weight.shape[0]}
 
     def _compact_state(self, loading: bool = False) -> None:
         """Full-size moments (a checkpoint's, zero outside the used rows) become the rows' own."""
@@ -161,12 +175,10 @@ class UsedRows:
     def _saved_state(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
         index = self._index()
         if state_dict["state"].get(index):
-            # The ids as a list: optimizer.load_state_dict casts every tensor of a state to the parameter's dtype.
-            state_dict["state"][index] = {**state_dict["state"][index], USED_ROWS: self.used.tolist(),
-                                          NUM_ROWS: self.weight.shape[0]}
+            state_dict["state"][index] = self._saved(state_dict["state"][index])
 
     def _active(self) -> bool:
-        return any(p is self.rows for g in self.optimizer.param_groups for p in g["params"])
+        return self._where(self.rows) is not None
 
     def undo(self, keep_last_hook: bool = False) -> None:
         """The optimizer holds the whole embedding again. Its moments stay compact, in the saved format, until the
@@ -177,12 +189,10 @@ class UsedRows:
         for handle in self.handles[:-1] if keep_last_hook else self.handles:
             handle.remove()
         self.embedding.sparse = False
-        params = self.group()["params"]
-        params[next(i for i, p in enumerate(params) if p is self.rows)] = self.weight
+        self._swap(self.rows, self.weight)
         state = self.optimizer.state.pop(self.rows, None)
         if state:
-            self.optimizer.state[self.weight] = {**state, USED_ROWS: self.used.tolist(),
-                                                 NUM_ROWS: self.weight.shape[0]}
+            self.optimizer.state[self.weight] = self._saved(state)
             self.optimizer.register_step_pre_hook(_expand_before_step(self.weight))
         self.rows.grad = self.buffer = None
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, open_dict
 
 from sft.callbacks import EPOCHS_KEY, LastCheckpoint, epochs_trained, read_finished, worker_launcher
@@ -162,7 +163,7 @@ def fit_lightning(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path
     # fitted model holds them already (the best checkpoint is the final state): loading them maps as much memory as
     # the weights, the peak of such a fit. Under SLURM always named: Lightning would otherwise pick its hpc_ckpt.
     loaded = evaluated
-    if (evaluated and finished is None and trainer.world_size == 1 and not _under_slurm()
+    if (evaluated and finished is None and trainer.world_size == 1 and not SLURMEnvironment.detect()
             and holds_checkpoint_weights(model, evaluated)):
         log.info("The model holds the weights of %s: evaluating them as they are.", evaluated)
         loaded = None
@@ -172,12 +173,6 @@ def fit_lightning(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path
     metrics.update(parameter_counts(model))
     return Fitted(model, datamodule, metrics, is_global_zero=trainer.is_global_zero,
                   device=trainer.strategy.root_device)
-
-
-def _under_slurm() -> bool:
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    return SLURMEnvironment.detect()
 
 
 def release_training_state(model: Any, trainer: Any) -> None:

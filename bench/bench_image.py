@@ -53,7 +53,7 @@ from harness import cpu_seconds, fmt
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = harness.SHARED_DATA / "hymenoptera"
-ALL_PEERS = ("plain", "sft", "sft_no_ckpt", "sft_nondet")
+ALL_PEERS = ("plain", "sft", "sft_no_ckpt", "sft_nondet", "sft_trimmed_heap")
 DEFAULT_PEERS = ("plain", "sft", "sft_no_ckpt")
 
 ARCH = "efficientnet_lite0"
@@ -127,7 +127,7 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
                                    {"params": no_decay, "weight_decay": 0.0}], lr=LR, fused=True)
     loss_fn = torch.nn.CrossEntropyLoss()
 
-    started, cpu_started = time.perf_counter(), cpu_seconds()
+    started, cpu_started, faults_started = time.perf_counter(), cpu_seconds(), harness.page_faults()
     model.train()
     steps = images = 0
     step_s: list[float] = []  # per batch, data loading included (sft: batch start to batch start)
@@ -145,6 +145,7 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
             t = now
     train_s = time.perf_counter() - started
     cpu_util = (cpu_seconds() - cpu_started) / train_s
+    fit_faults = harness.page_faults() - faults_started
 
     val_started = time.perf_counter()
     model.eval()
@@ -154,7 +155,8 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
             correct += int((model(x).argmax(-1) == y).sum())
     return {"train_s": train_s, "images": images, "steps": steps, "val_acc": correct / len(val_ds),
             "val_images": len(val_ds), "val_s": time.perf_counter() - val_started, "init_param_sum": init_sum,
-            "step_s": step_s, "cpu_util": cpu_util, "precision": "fp32", "final_train_loss": float(loss),
+            "step_s": step_s, "cpu_util": cpu_util, "fit_faults": fit_faults, "precision": "fp32",
+            "final_train_loss": float(loss),
             "notes": "fused AdamW, ImageFolder"}
 
 
@@ -201,7 +203,8 @@ def sft_bench_timer() -> Any:
             times = self.fit_times()
             return {**times, "n_val_in_fit": self.n_val, "ckpt_s": self.ckpt_s, "n_ckpt": self.n_ckpt,
                     "images": self.images, "steps": self.steps, "init_param_sum": self.init_param_sum,
-                    "step_s": self.step_s, "cpu_util": self.cpu_util(times["fit_loop_s"])}
+                    "step_s": self.step_s, "cpu_util": self.cpu_util(times["fit_loop_s"]),
+                    "fit_faults": self.fit_faults}
 
     timer = BenchTimer()
     harness.SFT_TIMERS.append(timer)
@@ -242,11 +245,12 @@ def sft_overrides(args: argparse.Namespace, checkpoints: bool, output_dir: Path,
     return overrides + ["++callbacks.bench_timer._target_=__main__.sft_bench_timer"]
 
 
-def peer_sft(args: argparse.Namespace, checkpoints: bool, deterministic: bool = True) -> dict[str, Any]:
+def peer_sft(args: argparse.Namespace, checkpoints: bool, deterministic: bool = True,
+             keep_heap: bool = True) -> dict[str, Any]:
     from sft.pipeline.train import train
 
     run_dir = args.workdir / "run"
-    overrides = sft_overrides(args, checkpoints, run_dir, deterministic)
+    overrides = sft_overrides(args, checkpoints, run_dir, deterministic) + ([] if keep_heap else ["keep_cpu_heap=false"])
     metrics = train(harness.compose_sft(overrides, show=True))
     timing = harness.timer_summary()
     # val/acc: sft's post-fit validate of the best checkpoint (= the final weights: the only in-fit
@@ -262,6 +266,8 @@ def peer_sft(args: argparse.Namespace, checkpoints: bool, deterministic: bool = 
         notes = "callbacks=none (no checkpoints)"
     if not deterministic:
         notes += ", trainer.deterministic=false"
+    if not keep_heap:
+        notes += ", keep_cpu_heap=false"
     return {**timing, "val_acc": val_acc, "fit_seconds": metrics.get("fit/seconds"),
             "precision": "fp32", "val_loss": metrics.get("val/loss"),
             "metrics_json": written or None, "notes": f"fused AdamW, {notes}"}
@@ -275,6 +281,7 @@ PEERS = {
     "sft": lambda args: peer_sft(args, checkpoints=True),
     "sft_no_ckpt": lambda args: peer_sft(args, checkpoints=False),
     "sft_nondet": lambda args: peer_sft(args, checkpoints=True, deterministic=False),
+    "sft_trimmed_heap": lambda args: peer_sft(args, checkpoints=True, keep_heap=False),
 }
 
 
@@ -333,6 +340,8 @@ def summarize(runs: list[dict[str, Any]], peers: list[str]) -> list[dict[str, An
             "ckpt_s": statistics.median(r["ckpt_s"] for r in ok) if "ckpt_s" in ok[0] else None,
             # Steady state: the median batch time of each run, its first batch (warm-up) left out.
             "cpu_util": statistics.median(r["cpu_util"] for r in ok),
+            "faults_per_step": statistics.median(r["fit_faults"] / r["steps"] for r in ok)
+            if all(r.get("fit_faults") is not None and r.get("steps") for r in ok) else None,
             "median_step_s": statistics.median(statistics.median(r["step_s"][1:] or r["step_s"]) for r in ok),
             "init_param_sum": ok[0].get("init_param_sum"),
             "notes": ok[0].get("notes", ""),
@@ -346,8 +355,8 @@ def summarize(runs: list[dict[str, Any]], peers: list[str]) -> list[dict[str, An
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| peer | status | runs | train s | images | images/s | images/s range | vs plain | median step s | "
-             "CPU cores used | val acc | peak RSS MiB | ckpt s | notes |",
-             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+             "CPU cores used | page faults / step | val acc | peak RSS MiB | ckpt s | notes |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         ok = "images_per_s" in r
         spread = (f"{min(r['images_per_s_all']):.2f}-{max(r['images_per_s_all']):.2f}"
@@ -357,7 +366,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['peer']} | {r['status']} | {r['runs']} | {fmt(r.get('train_s'), '.1f')} | "
             f"{fmt(r.get('images'), 'd')} | {fmt(r.get('images_per_s'), '.2f')} | {spread} | "
             f"{fmt(r.get('vs_plain'), '.3f') + 'x' if r.get('vs_plain') else 'n/a'} | "
-            f"{fmt(r.get('median_step_s'), '.2f')} | {fmt(r.get('cpu_util'), '.2f')} | {fmt(r.get('val_acc'), '.4f')} | {fmt(r.get('peak_rss_mib'), '.0f')} | "
+            f"{fmt(r.get('median_step_s'), '.2f')} | {fmt(r.get('cpu_util'), '.2f')} | "
+            f"{fmt(r.get('faults_per_step'), '.0f')} | {fmt(r.get('val_acc'), '.4f')} | {fmt(r.get('peak_rss_mib'), '.0f')} | "
             f"{fmt(r.get('ckpt_s'), '.2f')} | {notes} |"
         )
     return "\n".join(lines)

@@ -141,6 +141,7 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
 
     widths: list[int] = []
     rss_start = harness.peak_rss_mib()
+    faults_start = harness.page_faults()
     started = time.perf_counter()
     loader = DataLoader(train_ds, batch_size=BATCH_SIZE, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(SEED))
@@ -158,6 +159,7 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             steps += 1
     train_s = time.perf_counter() - started
+    fit_faults = harness.page_faults() - faults_start
     rss_end = harness.peak_rss_mib()
 
     model.eval()
@@ -168,7 +170,7 @@ def peer_plain(args: argparse.Namespace) -> dict[str, Any]:
             pred = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(-1)
             correct += int((pred == batch["labels"]).sum())
     return {"train_s": train_s, "dev_acc": correct / len(dev_ds), "steps": steps, "mean_batch_width": mean(widths),
-            "precision": "32-true", "rss_at": {"fit_start": rss_start, "fit_end": rss_end},
+            "precision": "32-true", "rss_at": {"fit_start": rss_start, "fit_end": rss_end}, "fit_faults": fit_faults,
             "notes": "fused AdamW, random batches"}
 
 
@@ -255,9 +257,11 @@ def peer_hf(args: argparse.Namespace, best: bool) -> dict[str, Any]:
           f"(cpu bf16 support: {cpu_bf16()})", file=sys.stderr)
 
     rss_start = harness.peak_rss_mib()
+    faults_start = harness.page_faults()
     started = time.perf_counter()
     out = trainer.train()
     train_s = time.perf_counter() - started
+    fit_faults = harness.page_faults() - faults_start
     rss_end = harness.peak_rss_mib()
     collator.recording = False
     widths = list(collator.widths)
@@ -269,7 +273,7 @@ def peer_hf(args: argparse.Namespace, best: bool) -> dict[str, Any]:
             "mean_batch_width": mean(widths), "hf_train_runtime_s": out.metrics.get("train_runtime"),
             "accelerate": harness.versions(["accelerate"]).get("accelerate"),
             "precision": "bf16-mixed" if use_bf16 else "32-true",
-            "rss_at": {"fit_start": rss_start, "fit_end": rss_end},
+            "rss_at": {"fit_start": rss_start, "fit_end": rss_end}, "fit_faults": fit_faults,
             "notes": f"optim={getattr(targs.optim, 'value', targs.optim)}, sampling={targs.train_sampling_strategy}, "
                      f"bf16={'on' if use_bf16 else 'off (no AMX/AVX512-BF16)'}, max_grad_norm={targs.max_grad_norm}"}
 
@@ -297,7 +301,8 @@ def sft_bench_timer() -> Any:
         def summary(self) -> dict[str, Any]:
             return {**self.fit_times(), "ckpt_s": self.ckpt_s, "n_ckpt": self.n_ckpt, "precision": self.precision,
                     "ckpt_after_end_s": self.ckpt_after_end_s,
-                    "rss_at": self.rss_at, "mean_batch_width": mean(self.widths), "steps": len(self.widths)}
+                    "rss_at": self.rss_at, "mean_batch_width": mean(self.widths), "steps": len(self.widths),
+                    "fit_faults": self.fit_faults}
 
     timer = BenchTimer()
     harness.SFT_TIMERS.append(timer)
@@ -326,6 +331,8 @@ SFT_ABLATIONS = {"sft_torch_dropout": (["+model.fast_cpu_dropout=false"], "torch
                  "sft_dense_embedding_grad": (["+model.embedding_used_rows=false", "+model.embedding_grad_buffer=false"],
                                               "the whole word embedding, a fresh gradient every step"),
                  "sft_onednn_cache_64": (["onednn_primitive_cache_capacity=64"], "oneDNN's kernel cache capped at 64"),
+                 "sft_sdpa_attention": (["+model.fast_cpu_attention=false"], "transformers' SDPA attention in training"),
+                 "sft_trimmed_heap": (["keep_cpu_heap=false"], "glibc returns freed memory to the OS after each step"),
                  # not levers but a strategy (README, LoRA): r=8 on query / value with its default lr 5e-4
                  # (conf/freeze/lora.yaml); the same at lr 1e-3; r=8 on every Linear of the encoder
                  "sft_lora": (["freeze=lora"], "LoRA r=8 on query/value (peft), lr 5e-4"),
@@ -386,6 +393,7 @@ def peer_plain_sft_batches(args: argparse.Namespace) -> dict[str, Any]:
     inputs = ("input_ids", "attention_mask", "token_type_ids")
 
     rss_start = harness.peak_rss_mib()
+    faults_start = harness.page_faults()
     started = time.perf_counter()
     loader = dm.train_dataloader()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
@@ -403,6 +411,7 @@ def peer_plain_sft_batches(args: argparse.Namespace) -> dict[str, Any]:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
     train_s = time.perf_counter() - started
+    fit_faults = harness.page_faults() - faults_start
     rss_end = harness.peak_rss_mib()
 
     dm.setup("test")
@@ -415,6 +424,7 @@ def peer_plain_sft_batches(args: argparse.Namespace) -> dict[str, Any]:
             total += len(pred)
     return {"train_s": train_s, "dev_acc": correct / total, "steps": len(widths), "mean_batch_width": mean(widths),
             "precision": "bf16-mixed" if bf16 else "32-true", "rss_at": {"fit_start": rss_start, "fit_end": rss_end},
+            "fit_faults": fit_faults,
             "notes": "sft's DataModule batches, fused AdamW, no checkpoints"}
 
 
@@ -562,8 +572,9 @@ def dev_acc(r: dict[str, Any]) -> str:
 def markdown_table(results: list[dict[str, Any]], flops: dict[str, Any]) -> str:
     by_peer = {r["peer"]: r for r in results if r.get("status") == "ok"}
     lines = ["| peer | status | precision | train s | samples/s | vs hf_trainer | vs hf_trainer_best | dev acc "
-             "| model TFLOP/s | % of matmul peak | peak RSS MiB (fit / process) | mean batch width | notes |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| model TFLOP/s | % of matmul peak | peak RSS MiB (fit / process) | page faults / step | mean batch width "
+             "| notes |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         ok = r.get("status") == "ok"
 
@@ -584,6 +595,7 @@ def markdown_table(results: list[dict[str, Any]], flops: dict[str, Any]) -> str:
             f"{dev_acc(r) if ok else 'n/a'} | {fmt(tflops, '.3f')} | "
             f"{fmt(100 * tflops / peak if tflops and peak else None, '.1f')} | "
             f"{fmt(fit_rss, '.0f')} / {fmt(r.get('peak_rss_mib'), '.0f')} | "
+            f"{fmt(r['fit_faults'] / r['steps'] if ok and r.get('fit_faults') is not None and r.get('steps') else None, '.0f')} | "
             f"{fmt(r.get('mean_batch_width') if ok else None, '.1f')} | {notes} |"
         )
     return "\n".join(lines)

@@ -56,6 +56,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def page_faults() -> int:
+    """Page faults of this process so far (minor + major): each is a page the kernel maps and zeroes on first touch,
+    e.g. after the allocator gave memory back to the OS."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt + usage.ru_majflt
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process so far (all its threads)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -250,6 +257,8 @@ class FitTimerMixin:
         super().__init__()
         self.train_start: float | None = None
         self.train_end: float | None = None
+        self.faults_start = 0
+        self.fit_faults: int | None = None  # page faults from on_train_start to on_train_end
         self.cpu_start = self.cpu_end = 0.0
         self.val_s = 0.0
         self.n_val = 0
@@ -290,9 +299,11 @@ class FitTimerMixin:
         self.precision = str(trainer.precision)
         self.rss_at["fit_start"] = peak_rss_mib()
         self.train_start, self.cpu_start = time.perf_counter(), cpu_seconds()
+        self.faults_start = page_faults()
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.train_end, self.cpu_end = time.perf_counter(), cpu_seconds()
+        self.fit_faults = page_faults() - self.faults_start
         self.rss_at["fit_end"] = peak_rss_mib()
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:

@@ -1,5 +1,5 @@
-"""The process-wide CPU setting sft applies before training when asked (sft.devices): a cap on oneDNN's kernel
-cache, unless the environment sets one."""
+"""The process-wide CPU settings sft applies (sft.devices): a cap on oneDNN's kernel cache, unless the environment
+sets one, and glibc keeping freed memory mapped during a CPU fit."""
 
 from __future__ import annotations
 
@@ -43,3 +43,71 @@ def test_a_negative_onednn_cache_capacity_is_a_config_error_naming_the_setting()
 
     with pytest.raises(ConfigError, match=r"onednn_primitive_cache_capacity=-1: must be >= 0"):
         limit_onednn_cache(-1)
+
+
+# A cycle of 160 tensors of 1 MiB, written and freed: the shape of a training step's activations.
+_HEAP_CYCLE = """
+import resource, torch
+def faults_of_a_cycle():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [torch.ones(256 * 1024) for _ in range(160)]
+    del blocks
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 // 2**20
+"""
+
+
+def test_kept_cpu_heap_reuses_freed_memory_without_page_faults_and_returns_it_on_leaving() -> None:
+    script = _HEAP_CYCLE + """
+from sft.devices import kept_cpu_heap
+faults_of_a_cycle()
+outside = faults_of_a_cycle()
+with kept_cpu_heap() as kept:
+    faults_of_a_cycle()
+    inside = faults_of_a_cycle()
+    held = rss_mib()
+after = rss_mib()
+with kept_cpu_heap(enabled=False) as disabled:
+    pass
+print(kept, outside, inside, held, after, disabled)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    kept, outside, inside, held, after, disabled = out.stdout.split()
+    assert kept == "True" and disabled == "False"
+    # glibc's default hands the freed top of its heap back after the cycle: the next one maps its 160 MiB again.
+    assert int(outside) > 20_000
+    assert int(inside) < int(outside) / 20
+    assert int(held) - int(after) > 100  # on leaving, the kept (free) memory goes back to the OS
+
+
+class HeapProbe:
+    """A Lightning callback (through Hydra: ``++callbacks.heap_probe._target_=...``) that counts the page faults of
+    a heap cycle in the middle of a fit."""
+
+    faults: list[int] = []
+
+    def __new__(cls):  # a real Callback subclass, built lazily so this module imports without Lightning
+        import lightning as L
+
+        namespace: dict = {}
+        exec(_HEAP_CYCLE, namespace)
+
+        class _Probe(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if batch_idx == 1:
+                    namespace["faults_of_a_cycle"]()
+                    HeapProbe.faults.append(namespace["faults_of_a_cycle"]())
+
+        return _Probe()
+
+
+@pytest.mark.parametrize("keep", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_a_cpu_fit_keeps_the_heap_unless_told_not_to(tiny_cfg, keep: bool) -> None:
+    from sft.pipeline.train import train
+
+    HeapProbe.faults.clear()
+    train(tiny_cfg(f"keep_cpu_heap={str(keep).lower()}", "trainer.max_epochs=1", "report=none", "export=false",
+                   "++callbacks.heap_probe._target_=tests.test_cpu_settings.HeapProbe"))
+    (faults,) = HeapProbe.faults
+    assert (faults < 2_000) if keep else (faults > 20_000), faults

@@ -18,6 +18,7 @@ from sft.finetune.blocks import block_map, group_modules
 from sft.finetune.lora import add_lora, frozen_checksum, merged_copy
 from sft.finetune.strategy import FreezeSpec
 from sft.models.backbones import load_task_model, resolve_name_or_path
+from sft.models.cpu_attention import use_cpu_training_attention
 from sft.models.dropout import use_fast_cpu_dropout
 from sft.models.embedding_grad import reuse_embedding_grad_buffers
 from sft.models.embedding_rows import expand_checkpoint, train_used_rows
@@ -536,6 +537,7 @@ class TextClassifier(Classifier):
         embedding_grad_buffer: bool = True,
         loss: Mapping[str, Any] | None = None,
         embedding_used_rows: bool = True,
+        fast_cpu_attention: bool = True,
     ):
         # A model rebuilt from a checkpoint (hf_config) has its trained head: never re-initialised.
         super().__init__(num_labels, id2label, optimizer, scheduler, freeze, monitor, task,
@@ -547,6 +549,8 @@ class TextClassifier(Classifier):
              "freeze": freeze, "monitor": monitor, "task": self.task.to_dict(), "loss": self.criterion.spec.to_dict()}
         )
         self.model = load_task_model(self.name_or_path, self.task, hf_config)
+        if fast_cpu_attention:  # same attention, faster on a CPU in training (sft.models.cpu_attention)
+            use_cpu_training_attention(self.model)
         self.finish_build()
 
     @property

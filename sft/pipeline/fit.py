@@ -17,7 +17,7 @@ from omegaconf import DictConfig, open_dict
 
 from sft.callbacks import EPOCHS_KEY, LastCheckpoint, epochs_trained, read_finished, worker_launcher
 from sft.checkpoint_io import holds_checkpoint_weights
-from sft.devices import auto_precision, evaluation_precision, limit_onednn_cache
+from sft.devices import auto_precision, evaluation_precision, kept_cpu_heap, limit_onednn_cache
 from sft.errors import ConfigError
 from sft.loggers import discard_previous_metrics
 from sft.pipeline.build import build_estimator, build_evaluator, build_trainer, callbacks_and_loggers
@@ -146,9 +146,11 @@ def fit_lightning(cfg: DictConfig, model: Any, datamodule: Any, output_dir: Path
     finished = finished_checkpoint(ckpt_path)
     started = time.perf_counter()
     if finished is None:
-        trainer.fit(model, datamodule=fit_datamodule, ckpt_path=ckpt_path)
-        epochs, steps = fit_progress(trainer, callbacks)
-        release_training_state(model, trainer)
+        on_cpu = trainer.strategy.root_device.type == "cpu"
+        with kept_cpu_heap(on_cpu and bool(cfg.get("keep_cpu_heap", True))):
+            trainer.fit(model, datamodule=fit_datamodule, ckpt_path=ckpt_path)
+            epochs, steps = fit_progress(trainer, callbacks)
+            release_training_state(model, trainer)  # before the heap is trimmed: the optimizer's state goes back too
     else:
         log.info("The run in %s had finished training; evaluating its best checkpoint.", output_dir)
         epochs, steps = saved_progress(finished)

@@ -473,6 +473,8 @@ def run_peer(name: str, args: argparse.Namespace, workdir: Path, seed: int = SEE
     if args.cpu_bf16 != "auto":  # every peer (sft's detection and the HF peer's choice alike) sees the override
         env["SFT_CPU_BF16"] = "1" if args.cpu_bf16 == "on" else "0"
         shown = ("SFT_CPU_BF16",)
+    if os.environ.get("ATEN_CPU_CAPABILITY"):  # --cpu-isa avx2
+        shown += ("ATEN_CPU_CAPABILITY",)
     return harness.run_peer(
         __file__, name, peer_args, log_path=workdir / f"{name}.log", timeout=args.timeout, verbose=args.verbose,
         env=env, show_env=shown, describe=lambda r: (f"{r.get('samples_per_s', 0):.1f} samples/s, "
@@ -637,7 +639,8 @@ def run_parent(args: argparse.Namespace) -> int:
                  "max_length": MAX_LENGTH, "batch_size": BATCH_SIZE, "lr": LR, "weight_decay": WEIGHT_DECAY,
                  "schedule": "linear decay, 0 warmup", "epochs": EPOCHS,
                  "seeds": sorted({r.get("seed", SEED) for rnd in rounds for r in rnd}), "torch_threads": THREADS},
-        "machine": harness.machine_info(cpu_bf16=bf16_here, cpu_bf16_setting=args.cpu_bf16),
+        "machine": harness.machine_info(cpu_bf16=bf16_here, cpu_bf16_setting=args.cpu_bf16, cpu_isa=args.cpu_isa,
+                                        kernels=harness.cpu_capability()),
         "versions": harness.versions(("torch", "transformers", "lightning", "hydra", "datasets")),
         "bench_wall_s": time.perf_counter() - started,
         "results": results,
@@ -651,6 +654,7 @@ def run_parent(args: argparse.Namespace) -> int:
           f"batch {BATCH_SIZE}, max_len {MAX_LENGTH}, {THREADS} threads; CPU flags {harness.cpu_flags_summary()}; "
           f"bf16 on CPU: {'yes' if bf16_here else 'no (fp32 everywhere)'}"
           f"{'' if args.cpu_bf16 == 'auto' else f' (forced by --cpu-bf16 {args.cpu_bf16})'}"
+          f"{'; kernels limited to AVX2 (--cpu-isa avx2: ' + harness.cpu_capability() + ')' if args.cpu_isa == 'avx2' else ''}"
           f"{f'; medians of {args.repeats} interleaved rounds, ratios paired within a round' if args.repeats > 1 else ''}"
           f"{'; round k with seed k (dev acc: mean and range over seeds)' if args.vary_seed else ''}")
     print()
@@ -677,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu-bf16", choices=("auto", "on", "off"), default="auto",
                    help="bf16 on CPU for every peer: auto (detected: AMX / AVX512-BF16), or forced on / off "
                         "(off: the fp32 comparison an AVX2-only CPU would run)")
+    p.add_argument("--cpu-isa", choices=("native", "avx2"), default="native",
+                   help="avx2: every peer's kernels (ATen, MKL, oneDNN) limited to AVX2, as on an AVX2-only CPU; "
+                        "implies --cpu-bf16 off")
     p.add_argument("--vary-seed", action="store_true",
                    help="round k (of --repeats) runs every peer with seed k: dev acc is then the mean over seeds")
     p.add_argument("--train-rows", type=int, default=None, help="first N rows of SST-2 train (default 4000; 256 with --quick)")
@@ -714,6 +721,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--repeats must be >= 1")
     if args.epochs < 1:
         p.error("--epochs must be >= 1")
+    if args.cpu_isa == "avx2":
+        if args.cpu_bf16 == "on":
+            p.error("--cpu-isa avx2 has no bf16: leave --cpu-bf16 at auto or off")
+        args.cpu_bf16 = "off"
+        os.environ.update(harness.AVX2_ONLY_ENV)  # before torch loads here; the peers inherit it
     set_epochs(args.epochs)
 
     return harness.dispatch(args, "sft-bench-", run_child, run_parent)

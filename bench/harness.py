@@ -142,6 +142,18 @@ def cpu_flags_summary() -> str:
     return ",".join(f for f in wanted if f in flags) or "none of " + ",".join(wanted)
 
 
+# An AVX2-only CPU, emulated on a newer one: ATen's CPU kernels, MKL (fp32 matmuls) and oneDNN (bf16 matmuls,
+# convolutions) each dispatch to their AVX2 code (what `--cpu-isa avx2` sets for every peer).
+AVX2_ONLY_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def cpu_capability() -> str:
+    """The instruction set of the ATen kernels this process dispatches to (e.g. AVX512, AVX2)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def machine_info(**extra: Any) -> dict[str, Any]:
     """The report's ``machine`` entry; ``extra`` items go before ``load_avg_at_end``."""
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags_summary(), **extra,

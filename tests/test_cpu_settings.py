@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import lightning as L
 import pytest
 
 from sft.errors import ConfigError
@@ -75,39 +76,33 @@ print(kept, outside, inside, held, after, disabled)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     kept, outside, inside, held, after, disabled = out.stdout.split()
     assert kept == "True" and disabled == "False"
-    # glibc's default hands the freed top of its heap back after the cycle: the next one maps its 160 MiB again.
-    assert int(outside) > 20_000
-    assert int(inside) < int(outside) / 20
+    # Kept, a second cycle reuses the first one's 160 MiB (40,960 pages) without faulting them in again. glibc's
+    # default often hands them back between cycles (then ~40,000 faults), but not always: its thresholds adapt.
+    assert int(inside) < 2_000, (inside, outside)
     assert int(held) - int(after) > 100  # on leaving, the kept (free) memory goes back to the OS
 
 
-class HeapProbe:
-    """A Lightning callback (through Hydra: ``++callbacks.heap_probe._target_=...``) that counts the page faults of
-    a heap cycle in the middle of a fit."""
+class HeapProbe(L.Callback):
+    """Counts the page faults of a heap cycle in the middle of a fit (added through Hydra:
+    ``++callbacks.heap_probe._target_=tests.test_cpu_settings.HeapProbe``)."""
 
     faults: list[int] = []
 
-    def __new__(cls):  # a real Callback subclass, built lazily so this module imports without Lightning
-        import lightning as L
-
-        namespace: dict = {}
-        exec(_HEAP_CYCLE, namespace)
-
-        class _Probe(L.Callback):
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if batch_idx == 1:
-                    namespace["faults_of_a_cycle"]()
-                    HeapProbe.faults.append(namespace["faults_of_a_cycle"]())
-
-        return _Probe()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == 1:
+            cycle: dict = {}
+            exec(_HEAP_CYCLE, cycle)
+            cycle["faults_of_a_cycle"]()
+            HeapProbe.faults.append(cycle["faults_of_a_cycle"]())
 
 
-@pytest.mark.parametrize("keep", [True, pytest.param(False, marks=pytest.mark.slow)])
-def test_a_cpu_fit_keeps_the_heap_unless_told_not_to(tiny_cfg, keep: bool) -> None:
+def test_a_cpu_fit_keeps_the_heap(tiny_cfg) -> None:
+    """(Without the setting the same cycle faulted ~40,000 pages in when this test was written; glibc's adaptive
+    default does not guarantee it, so that side is not asserted.)"""
     from sft.pipeline.train import train
 
     HeapProbe.faults.clear()
-    train(tiny_cfg(f"keep_cpu_heap={str(keep).lower()}", "trainer.max_epochs=1", "report=none", "export=false",
+    train(tiny_cfg("trainer.max_epochs=1", "report=none", "export=false",
                    "++callbacks.heap_probe._target_=tests.test_cpu_settings.HeapProbe"))
     (faults,) = HeapProbe.faults
-    assert (faults < 2_000) if keep else (faults > 20_000), faults
+    assert faults < 2_000, faults

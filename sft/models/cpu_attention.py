@@ -13,7 +13,9 @@ cannot use its fused CPU kernel and runs its math path. Two parts of that path a
 mask and a softmax that takes a vectorised route at every width. It is registered with transformers'
 ``AttentionInterface`` and acts only while the module trains on a CPU with attention dropout; everything else (eval,
 a GPU, no dropout) is transformers' own ``sdpa_attention_forward``, unchanged. The implementation name is not saved:
-``save_pretrained`` drops ``_attn_implementation``, so exports load with transformers' default.
+``save_pretrained`` drops ``_attn_implementation``, so exports load with transformers' default. A query row with every
+key masked gets uniform weights (as in transformers' eager attention) where SDPA gives zeros; an encoder's padding
+mask never masks a whole row (each row keeps its sequence's real tokens).
 """
 
 from __future__ import annotations

@@ -20,14 +20,11 @@ mask never masks a whole row (each row keeps its sequence's real tokens).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 
 from sft.models.dropout import _LEVELS, _MaskedScale, keep_mask
-
-log = logging.getLogger(__name__)
 
 IMPLEMENTATION = "sft_cpu_training_sdpa"
 
